@@ -1,0 +1,371 @@
+//! Types shared by the netpol data path (`netpol-ebpf`) and the agent (`netpol-agent`).
+//!
+//! Every map the classifier uses is declared here by name, with its key and value layout, who
+//! writes it and who reads it. All types are `#[repr(C)]`, `Copy`, have explicit `_pad` fields and
+//! a size assertion, so the kernel and user space agree byte for byte.
+//!
+//! Byte order: addresses are stored as 16 network-order bytes (IPv4 as the IPv4-mapped IPv6
+//! address `::ffff:a.b.c.d`); ports are stored big-endian (`*_be` fields), because the policy
+//! LPM trie matches port prefixes bit by bit from the most significant bit. Endpoint ids and
+//! identities are exact in every key, so their byte order does not matter; they are native.
+#![no_std]
+
+/// Name of the map `ifindex -> EndpointInfo` ([`EndpointInfo`]). Written by the agent when it
+/// attaches to a pod's veth and when the pod's policy changes; read by the classifier first, for
+/// every packet, to learn which local pod the interface belongs to.
+pub const MAP_ENDPOINTS: &str = "NETPOL_ENDPOINTS";
+/// Name of the hash map `IpKey -> IdentityValue`: exact peer IPs (pods, the node's own
+/// addresses) to their numeric identity. Written by the agent; read by the classifier for new
+/// flows.
+pub const MAP_IPCACHE: &str = "NETPOL_IPCACHE";
+/// Name of the LPM trie `(prefix_len: u32, IpKey) -> IdentityValue`: disjoint ipBlock regions (every
+/// `cidr` and `except` prefix of every policy) to their CIDR identity; the longest match is the
+/// region. Written by the agent; read by the classifier for new flows.
+pub const MAP_CIDRS: &str = "NETPOL_CIDRS";
+/// Name of the LPM trie `(prefix_len: u32, PolicyKey) -> PolicyValue`. Written by the agent (the compiled
+/// policy); read by the classifier for new flows of isolated endpoints.
+pub const MAP_POLICY: &str = "NETPOL_POLICY";
+/// Name of the LRU hash `CtKey -> CtValue`: connection tracking. Written and read by the
+/// classifier only; the agent reads it for statistics and deletes entries of removed endpoints.
+pub const MAP_CONNTRACK: &str = "NETPOL_CONNTRACK";
+/// Name of the LRU hash `FragKey -> FragValue`: the verdict of the first fragment of a datagram,
+/// for its later fragments. Written and read by the classifier only.
+pub const MAP_FRAGMENTS: &str = "NETPOL_FRAGMENTS";
+/// Name of the per-CPU array `u32 (Reason) -> u64`: packets per verdict reason. Written by the
+/// classifier; read (summed over CPUs) by the agent and tests.
+pub const MAP_COUNTERS: &str = "NETPOL_COUNTERS";
+
+/// Capacity of [`MAP_ENDPOINTS`] (local pods on one node).
+pub const ENDPOINTS_MAX: u32 = 4096;
+/// Capacity of [`MAP_IPCACHE`] (pod IPs in the cluster plus node addresses).
+pub const IPCACHE_MAX: u32 = 262_144;
+/// Capacity of [`MAP_CIDRS`].
+pub const CIDRS_MAX: u32 = 65_536;
+/// Capacity of [`MAP_POLICY`].
+pub const POLICY_MAX: u32 = 1_048_576;
+/// Capacity of [`MAP_CONNTRACK`].
+pub const CONNTRACK_MAX: u32 = 262_144;
+/// Capacity of [`MAP_FRAGMENTS`].
+pub const FRAGMENTS_MAX: u32 = 8192;
+
+/// `EndpointInfo::flags`: ingress (traffic to the pod) is isolated by at least one policy.
+pub const EP_INGRESS_ISOLATED: u32 = 1;
+/// `EndpointInfo::flags`: egress (traffic from the pod) is isolated by at least one policy.
+pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
+/// `EndpointInfo::flags`: the endpoint has an IPv4 address in `ipv4`.
+pub const EP_HAS_IPV4: u32 = 1 << 2;
+/// `EndpointInfo::flags`: the endpoint has an IPv6 address in `ipv6`.
+pub const EP_HAS_IPV6: u32 = 1 << 3;
+
+/// Value of [`MAP_ENDPOINTS`]: one local pod, as seen by the classifier on its veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointInfo {
+    /// Endpoint id, unique on this node; the first field of policy and conntrack keys.
+    pub endpoint: u32,
+    /// `EP_*` bits.
+    pub flags: u32,
+    /// Policy generation: bumped by the agent whenever this endpoint's isolation or policy
+    /// entries change, so that conntrack entries made under an older generation are checked again.
+    pub generation: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The pod's IPv4 address (network order, in the first 4 bytes) when `EP_HAS_IPV4`.
+    pub ipv4: [u8; 4],
+    /// Explicit padding.
+    pub _pad2: [u8; 4],
+    /// The pod's IPv6 address when `EP_HAS_IPV6`.
+    pub ipv6: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 40);
+
+/// An IP address as 16 network-order bytes; IPv4 is `::ffff:a.b.c.d`. Key of [`MAP_IPCACHE`],
+/// data of the [`MAP_CIDRS`] LPM key (`prefix_len: u32` then the data, as the kernel lays it out) (prefix lengths of IPv4 regions are `96 + len`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct IpKey {
+    /// Address bytes, network order.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
+
+impl IpKey {
+    /// The IPv4-mapped form of an IPv4 address given as network-order bytes.
+    #[inline(always)]
+    pub const fn from_v4(b: [u8; 4]) -> Self {
+        Self { addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]] }
+    }
+}
+
+/// Value of [`MAP_IPCACHE`] and [`MAP_CIDRS`]: a numeric identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IdentityValue {
+    /// The identity (see the `IDENTITY_*` reserved values).
+    pub identity: u32,
+}
+const _: () = assert!(core::mem::size_of::<IdentityValue>() == 4);
+
+/// Reserved identity: matches every peer (a rule with no `from` / `to`). Never stored in the
+/// ipcache; the classifier always asks the policy map for it.
+pub const IDENTITY_ANY: u32 = 1;
+/// Reserved identity of the node's own addresses (kubelet probes come from there).
+pub const IDENTITY_HOST: u32 = 2;
+/// First identity given to a (namespace labels, pod labels, named ports) set.
+pub const IDENTITY_FIRST_POD: u32 = 256;
+/// First identity given to an ipBlock region; pod identities stay below it.
+pub const IDENTITY_FIRST_CIDR: u32 = 1 << 24;
+
+/// Policy direction: traffic into the pod (the pod's Ingress rules).
+pub const DIR_INGRESS: u8 = 0;
+/// Policy direction: traffic out of the pod (the pod's Egress rules).
+pub const DIR_EGRESS: u8 = 1;
+
+/// Length in bits of the [`PolicyKey`] data that is always exact: endpoint, identity, direction.
+pub const POLICY_PREFIX_PEER: u32 = 72;
+/// Length in bits of a [`PolicyKey`] that also fixes the protocol (all ports of one protocol).
+pub const POLICY_PREFIX_PROTO: u32 = 80;
+/// Length in bits of a [`PolicyKey`] that fixes one port.
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+/// Data of the [`MAP_POLICY`] LPM key. Matched from the first bit: `endpoint`, `identity` and
+/// `direction` are always exact ([`POLICY_PREFIX_PEER`] bits); the protocol can be wildcarded
+/// only together with the port (a rule with no `ports`), and a port range is a few prefixes of
+/// `port_be`, which is why it is big-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PolicyKey {
+    /// Endpoint id (see [`EndpointInfo::endpoint`]).
+    pub endpoint: u32,
+    /// Peer identity, or [`IDENTITY_ANY`].
+    pub identity: u32,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP; ICMP only matches with no ports).
+    pub protocol: u8,
+    /// Destination port of the flow, big-endian.
+    pub port_be: u16,
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+/// Action of a policy entry. v1 NetworkPolicy only writes [`ACTION_ALLOW`]; the admin tiers
+/// (ClusterNetworkPolicy) will add deny and pass entries without a new data path.
+pub const ACTION_ALLOW: u8 = 1;
+/// Deny action (admin tiers; not written by v1 policies).
+pub const ACTION_DENY: u8 = 2;
+/// Pass action (admin tiers; not written by v1 policies).
+pub const ACTION_PASS: u8 = 3;
+/// Tier of namespaced NetworkPolicy entries.
+pub const TIER_NETWORK_POLICY: u8 = 1;
+
+/// Value of [`MAP_POLICY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PolicyValue {
+    /// `ACTION_*`.
+    pub action: u8,
+    /// `TIER_*`.
+    pub tier: u8,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Which compiled rule wrote the entry (the agent's rule table); 0 for built-in entries.
+    pub rule: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+/// Key of [`MAP_CONNTRACK`]: a flow as seen on one endpoint, direction-neutral. The two
+/// (address, port) ends are stored in a canonical order (the smaller address first, then the
+/// smaller port) so that a packet and its reply find the same entry with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    /// Endpoint id.
+    pub endpoint: u32,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// The canonically smaller end's address.
+    pub addr_a: [u8; 16],
+    /// The other end's address.
+    pub addr_b: [u8; 16],
+    /// Port of `addr_a`'s end, big-endian (ICMP echo: the identifier).
+    pub port_a_be: u16,
+    /// Port of `addr_b`'s end, big-endian.
+    pub port_b_be: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+/// `CtValue::origin`: the flow was opened by a packet whose source is the `a` end.
+pub const CT_ORIGIN_A: u8 = 0;
+/// `CtValue::origin`: the flow was opened by a packet whose source is the `b` end.
+pub const CT_ORIGIN_B: u8 = 1;
+
+/// Value of [`MAP_CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// The endpoint's policy generation when the flow was last allowed.
+    pub generation: u32,
+    /// Policy direction the flow was opened in ([`DIR_INGRESS`] / [`DIR_EGRESS`]).
+    pub direction: u8,
+    /// `CT_ORIGIN_*`: which end opened the flow.
+    pub origin: u8,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 8);
+
+/// Key of [`MAP_FRAGMENTS`]: one IP datagram being fragmented, on one endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    /// Endpoint id.
+    pub endpoint: u32,
+    /// IP identification (IPv4: 16 bits; IPv6 fragment header: 32 bits).
+    pub id: u32,
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// IP protocol of the datagram.
+    pub protocol: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
+
+/// Value of [`MAP_FRAGMENTS`]: the first fragment was allowed (only allowed ones are stored).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragValue {
+    /// Endpoint generation when the first fragment was allowed.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
+
+/// Why the classifier let a packet pass or dropped it: the index of [`MAP_COUNTERS`], one list
+/// shared by kernel and user space.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Allowed: part of a tracked flow that was allowed, current generation.
+    AllowEstablished = 0,
+    /// Allowed: new flow, the endpoint is not isolated in this direction.
+    AllowNotIsolated = 1,
+    /// Allowed: new flow, a policy entry allows it.
+    AllowPolicy = 2,
+    /// Allowed: not IP (ARP and other link-layer protocols).
+    AllowNonIp = 3,
+    /// Allowed: IPv6 neighbour discovery or router solicitation/advertisement.
+    AllowNeighbourDiscovery = 4,
+    /// Allowed: the pod talking to itself (hairpin).
+    AllowSelf = 5,
+    /// Allowed: a later fragment of an allowed first fragment.
+    AllowFragment = 6,
+    /// Dropped: the endpoint is isolated and no policy entry allows the flow.
+    DropNoRule = 7,
+    /// Dropped: the packet leaves the pod with a source address that is not the pod's.
+    DropSpoofed = 8,
+    /// Dropped: a headers could not be parsed (truncated, bad header length).
+    DropMalformed = 9,
+    /// Dropped: a later fragment whose first fragment was not seen or not allowed.
+    DropOrphanFragment = 10,
+    /// Dropped: more IPv6 extension headers than the parser walks.
+    DropExtHeaders = 11,
+    /// Dropped: a tracked flow whose policy was withdrawn (generation changed, checked again).
+    DropRevoked = 12,
+    /// Allowed: no endpoint is known for the interface (not a pod veth the agent manages).
+    AllowUnknownInterface = 13,
+    /// Dropped: a link-layer protocol other than IP and ARP, into or out of an isolated pod.
+    DropNonIp = 14,
+    /// Allowed: an ICMP error about a tracked flow (destination unreachable, time exceeded, ...).
+    AllowRelated = 15,
+}
+
+/// Number of [`Reason`] values (size of [`MAP_COUNTERS`]).
+pub const REASON_COUNT: u32 = 16;
+
+impl Reason {
+    /// Every reason, in counter-index order.
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::AllowEstablished,
+        Reason::AllowNotIsolated,
+        Reason::AllowPolicy,
+        Reason::AllowNonIp,
+        Reason::AllowNeighbourDiscovery,
+        Reason::AllowSelf,
+        Reason::AllowFragment,
+        Reason::DropNoRule,
+        Reason::DropSpoofed,
+        Reason::DropMalformed,
+        Reason::DropOrphanFragment,
+        Reason::DropExtHeaders,
+        Reason::DropRevoked,
+        Reason::AllowUnknownInterface,
+        Reason::DropNonIp,
+        Reason::AllowRelated,
+    ];
+
+    /// A short snake_case name for logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::AllowEstablished => "allow_established",
+            Reason::AllowNotIsolated => "allow_not_isolated",
+            Reason::AllowPolicy => "allow_policy",
+            Reason::AllowNonIp => "allow_non_ip",
+            Reason::AllowNeighbourDiscovery => "allow_neighbour_discovery",
+            Reason::AllowSelf => "allow_self",
+            Reason::AllowFragment => "allow_fragment",
+            Reason::DropNoRule => "drop_no_rule",
+            Reason::DropSpoofed => "drop_spoofed",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropOrphanFragment => "drop_orphan_fragment",
+            Reason::DropExtHeaders => "drop_ext_headers",
+            Reason::DropRevoked => "drop_revoked",
+            Reason::AllowUnknownInterface => "allow_unknown_interface",
+            Reason::DropNonIp => "drop_non_ip",
+            Reason::AllowRelated => "allow_related",
+        }
+    }
+
+    /// Whether packets counted under this reason are dropped.
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::DropNoRule
+                | Reason::DropSpoofed
+                | Reason::DropMalformed
+                | Reason::DropOrphanFragment
+                | Reason::DropExtHeaders
+                | Reason::DropRevoked
+                | Reason::DropNonIp
+        )
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    //! `aya::Pod` for the map types, so the agent can read and write them.
+    use super::{CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PolicyKey, PolicyValue};
+
+    // SAFETY: each type is #[repr(C)], Copy, made only of integers and byte arrays, with every
+    // padding byte an explicit field, so any bit pattern is valid and there are no hidden bytes.
+    unsafe impl aya::Pod for EndpointInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IpKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IdentityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragValue {}
+}

@@ -1,0 +1,195 @@
+//! netpol's classifiers, one per direction on the host end of every local pod's veth. The
+//! packet path reads top to bottom in [`decide`]: endpoint, parse, anti-spoofing, built-in
+//! allowances, fragments, conntrack, policy; then the verdict is counted.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod maps;
+mod parse;
+mod policy;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
+use netpol_common::{
+    EndpointInfo, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
+};
+
+use crate::{
+    maps::{COUNTERS, ENDPOINTS, FRAGMENTS},
+    parse::{Fragment, NotIp, Packet, IPPROTO_ICMPV6},
+};
+
+/// TCX ingress of the host-side veth: packets leaving the pod, judged by its Egress policy.
+#[classifier]
+pub fn netpol_from_pod(ctx: TcContext) -> i32 {
+    verdict(&ctx, DIR_EGRESS)
+}
+
+/// TCX egress of the host-side veth: packets entering the pod, judged by its Ingress policy.
+#[classifier]
+pub fn netpol_to_pod(ctx: TcContext) -> i32 {
+    verdict(&ctx, DIR_INGRESS)
+}
+
+/// Decides, counts, and turns the reason into a TC action. Allowed packets go on to the next
+/// program on the hook (`TC_ACT_UNSPEC` is TCX_NEXT), so netpol composes with a CNI's programs.
+#[inline(always)]
+fn verdict(ctx: &TcContext, direction: u8) -> i32 {
+    let reason = decide(ctx, direction);
+    if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+    if reason.is_drop() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &TcContext, direction: u8) -> Reason {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the agent replaces endpoint values whole (a hash map update swaps elements).
+    let ep: &EndpointInfo = match unsafe { ENDPOINTS.get(&ifindex) } {
+        Some(ep) => ep,
+        None => return Reason::AllowUnknownInterface,
+    };
+    let isolated = policy::isolated(ep, direction);
+    let p = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(NotIp::Arp) => return Reason::AllowNonIp,
+        Err(NotIp::Other) => return if isolated { Reason::DropNonIp } else { Reason::AllowNonIp },
+        Err(NotIp::Malformed) => return Reason::DropMalformed,
+        Err(NotIp::TooManyExtHeaders) => return Reason::DropExtHeaders,
+    };
+    let from_pod = direction == DIR_EGRESS;
+    let (own, peer) = if from_pod { (&p.src, &p.dst) } else { (&p.dst, &p.src) };
+
+    if from_pod && !is_own_address(ep, own) && !is_link_local_icmpv6(&p) {
+        return Reason::DropSpoofed;
+    }
+    if p.protocol == IPPROTO_ICMPV6 && is_neighbour_discovery(p.icmp_type) {
+        return Reason::AllowNeighbourDiscovery;
+    }
+    if is_own_address(ep, peer) {
+        return Reason::AllowSelf;
+    }
+    if p.fragment == Fragment::Later {
+        return later_fragment(ep, &p, isolated);
+    }
+    if p.icmp_error && related_to_tracked_flow(ctx, ep, &p) {
+        return Reason::AllowRelated;
+    }
+
+    let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
+    if let Some(ct) = maps::CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: a valid map value pointer for the duration of the program.
+        let ct = unsafe { &mut *ct };
+        if ct.generation != ep.generation {
+            // The endpoint's policy changed since the flow was allowed: check it again as the
+            // flow was opened (same direction, the original destination port).
+            let dport = if conntrack::is_forward(ct, src_is_a) { p.dport_be } else { p.sport_be };
+            if !policy::allows(ep, ct.direction, peer, p.protocol, dport) {
+                let _ = maps::CONNTRACK.remove(&key);
+                return Reason::DropRevoked;
+            }
+            ct.generation = ep.generation;
+        }
+        remember_first_fragment(ep, &p);
+        return Reason::AllowEstablished;
+    }
+
+    let reason = if !isolated {
+        Reason::AllowNotIsolated
+    } else if policy::allows(ep, direction, peer, p.protocol, p.dport_be) {
+        Reason::AllowPolicy
+    } else {
+        return Reason::DropNoRule;
+    };
+    conntrack::track(&key, src_is_a, direction, ep.generation);
+    remember_first_fragment(ep, &p);
+    reason
+}
+
+/// Whether `addr` is one of the endpoint's own addresses.
+#[inline(always)]
+fn is_own_address(ep: &EndpointInfo, addr: &IpKey) -> bool {
+    if ep.flags & EP_HAS_IPV4 != 0 && *addr == IpKey::from_v4(ep.ipv4) {
+        return true;
+    }
+    ep.flags & EP_HAS_IPV6 != 0 && addr.addr == ep.ipv6
+}
+
+/// ICMPv6 sent from a link-local or the unspecified address: neighbour discovery, duplicate
+/// address detection and MLD, which a pod does before (and beside) using its own address.
+#[inline(always)]
+fn is_link_local_icmpv6(p: &Packet) -> bool {
+    if !p.ipv6 || p.protocol != IPPROTO_ICMPV6 {
+        return false;
+    }
+    let a = &p.src.addr;
+    let link_local = a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+    link_local || *a == [0u8; 16]
+}
+
+/// ICMPv6 types of neighbour discovery (RFC 4861: 133-137) and multicast listener messages
+/// (RFC 2710/3810: 130-132, 143), which IPv6 needs to work at all.
+#[inline(always)]
+fn is_neighbour_discovery(icmp_type: u8) -> bool {
+    matches!(icmp_type, 130..=137 | 143)
+}
+
+/// A later fragment gets the verdict of its first fragment. A separate BPF function: a cold
+/// path that keeps its key off the hot path's stack frame.
+#[inline(never)]
+fn later_fragment(ep: &EndpointInfo, p: &Packet, isolated: bool) -> Reason {
+    let key = frag_key(ep, p);
+    // SAFETY: copied out at once.
+    match unsafe { FRAGMENTS.get(&key) } {
+        Some(v) if v.generation == ep.generation => Reason::AllowFragment,
+        _ if !isolated => Reason::AllowFragment,
+        _ => Reason::DropOrphanFragment,
+    }
+}
+
+#[inline(always)]
+fn frag_key(ep: &EndpointInfo, p: &Packet) -> FragKey {
+    FragKey { endpoint: ep.endpoint, id: p.frag_id, src: p.src.addr, dst: p.dst.addr, protocol: p.protocol, _pad: [0; 3] }
+}
+
+/// Records an allowed first fragment so that the datagram's later fragments pass.
+#[inline(always)]
+fn remember_first_fragment(ep: &EndpointInfo, p: &Packet) {
+    if p.fragment == Fragment::First {
+        insert_first_fragment(ep, p);
+    }
+}
+
+#[inline(never)]
+fn insert_first_fragment(ep: &EndpointInfo, p: &Packet) {
+    let _ = FRAGMENTS.insert(&frag_key(ep, p), &FragValue { generation: ep.generation }, 0);
+}
+
+/// Whether an ICMP error quotes a packet of a flow tracked on this endpoint (a cold path, in its
+/// own BPF function).
+#[inline(never)]
+fn related_to_tracked_flow(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> bool {
+    let Some(q) = parse::parse_quoted(ctx, p) else {
+        return false;
+    };
+    let (key, _) = conntrack::flow_key(ep.endpoint, q.protocol, &q.src, q.sport_be, &q.dst, q.dport_be);
+    // SAFETY: only checked for presence.
+    unsafe { maps::CONNTRACK.get(&key) }.is_some()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,50 @@
+//! Policy decisions for new flows: a fixed number of lookups (the peer's pod identity, its CIDR
+//! identity, and the reserved ANY identity), whatever the number of policies.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use netpol_common::{
+    EndpointInfo, IpKey, PolicyKey, ACTION_ALLOW, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED,
+    IDENTITY_ANY, POLICY_PREFIX_FULL,
+};
+
+use crate::maps::{CIDRS, IPCACHE, POLICY};
+
+/// Whether the endpoint is isolated in `direction`.
+#[inline(always)]
+pub fn isolated(ep: &EndpointInfo, direction: u8) -> bool {
+    let bit = if direction == DIR_INGRESS { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
+    ep.flags & bit != 0
+}
+
+/// Whether a policy entry allows `identity` for this endpoint, direction, protocol and port.
+#[inline(always)]
+fn entry_allows(endpoint: u32, identity: u32, direction: u8, protocol: u8, dport_be: u16) -> bool {
+    let key = Key::new(POLICY_PREFIX_FULL, PolicyKey { endpoint, identity, direction, protocol, port_be: dport_be });
+    match POLICY.get(&key) {
+        Some(v) => v.action == ACTION_ALLOW,
+        None => false,
+    }
+}
+
+/// Whether a new flow with `peer` in `direction` to `dport_be` is allowed: by no isolation in
+/// that direction, or by a policy entry for one of the peer's identities.
+#[inline(always)]
+pub fn allows(ep: &EndpointInfo, direction: u8, peer: &IpKey, protocol: u8, dport_be: u16) -> bool {
+    if !isolated(ep, direction) {
+        return true;
+    }
+    // SAFETY: the value is copied out at once; the agent replaces ipcache values whole.
+    if let Some(id) = unsafe { IPCACHE.get(peer) } {
+        let identity = id.identity;
+        if entry_allows(ep.endpoint, identity, direction, protocol, dport_be) {
+            return true;
+        }
+    }
+    if let Some(id) = CIDRS.get(&Key::new(128, *peer)) {
+        let identity = id.identity;
+        if entry_allows(ep.endpoint, identity, direction, protocol, dport_be) {
+            return true;
+        }
+    }
+    entry_allows(ep.endpoint, IDENTITY_ANY, direction, protocol, dport_be)
+}
