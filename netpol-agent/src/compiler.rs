@@ -199,6 +199,14 @@ impl Compiler {
         }
     }
 
+    /// Gives `pod` the endpoint id `id` (an id an earlier agent used), unless it has one.
+    pub fn seed_endpoint(&mut self, pod: &ObjectRef, id: u32) {
+        if !self.endpoints.numbers.contains_key(pod) && !self.endpoints.numbers.values().any(|n| *n == id) {
+            self.endpoints.numbers.insert(pod.clone(), id);
+            self.endpoints.next = self.endpoints.next.max(id + 1);
+        }
+    }
+
     /// Compiles the cluster into map contents for `opts.node`.
     pub fn compile(&mut self, state: &ClusterState, opts: &CompileOptions) -> Desired {
         let mut out = Desired::default();

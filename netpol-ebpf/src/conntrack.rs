@@ -3,39 +3,51 @@
 
 use netpol_common::{CtKey, CtValue, IpKey, CT_ORIGIN_A, CT_ORIGIN_B};
 
-use crate::maps::CONNTRACK;
+use crate::{maps::CONNTRACK, parse::Packet};
+
+/// An address as two big-endian 64-bit words, for ordering.
+#[inline(always)]
+fn words(a: &IpKey) -> (u64, u64) {
+    let p = a.addr.as_ptr().cast::<u64>();
+    // SAFETY: `addr` is 16 bytes, so both unaligned 8-byte reads are inside it.
+    unsafe { (u64::from_be(core::ptr::read_unaligned(p)), u64::from_be(core::ptr::read_unaligned(p.add(1)))) }
+}
 
 /// Whether `(a, pa)` sorts before `(b, pb)` in the canonical order of [`CtKey`] ends.
 #[inline(always)]
 fn end_before(a: &IpKey, pa: u16, b: &IpKey, pb: u16) -> bool {
-    let a_hi = u64::from_be_bytes([a.addr[0], a.addr[1], a.addr[2], a.addr[3], a.addr[4], a.addr[5], a.addr[6], a.addr[7]]);
-    let b_hi = u64::from_be_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3], b.addr[4], b.addr[5], b.addr[6], b.addr[7]]);
+    let (a_hi, a_lo) = words(a);
+    let (b_hi, b_lo) = words(b);
     if a_hi != b_hi {
         return a_hi < b_hi;
     }
-    let a_lo = u64::from_be_bytes([a.addr[8], a.addr[9], a.addr[10], a.addr[11], a.addr[12], a.addr[13], a.addr[14], a.addr[15]]);
-    let b_lo = u64::from_be_bytes([b.addr[8], b.addr[9], b.addr[10], b.addr[11], b.addr[12], b.addr[13], b.addr[14], b.addr[15]]);
     if a_lo != b_lo {
         return a_lo < b_lo;
     }
     pa <= pb
 }
 
-/// The conntrack key of a packet on `endpoint`, and whether the packet's source is the key's
-/// `a` end.
-#[inline(always)]
-pub fn flow_key(endpoint: u32, protocol: u8, src: &IpKey, sport_be: u16, dst: &IpKey, dport_be: u16) -> (CtKey, bool) {
-    if end_before(src, sport_be, dst, dport_be) {
-        (
-            CtKey { endpoint, protocol, _pad: [0; 3], addr_a: src.addr, addr_b: dst.addr, port_a_be: sport_be, port_b_be: dport_be },
-            true,
-        )
+/// Fills `key` with the conntrack key of a packet on `endpoint`; returns whether the packet's
+/// source is the key's `a` end. One BPF function shared by its two callers.
+#[inline(never)]
+pub fn flow_key(key: &mut CtKey, endpoint: u32, p: &Packet) -> bool {
+    let (src, dst, sport_be, dport_be) = (&p.src, &p.dst, p.sport_be, p.dport_be);
+    key.endpoint = endpoint;
+    key.protocol = p.protocol;
+    key._pad = [0; 3];
+    let src_is_a = end_before(src, sport_be, dst, dport_be);
+    if src_is_a {
+        key.addr_a = src.addr;
+        key.addr_b = dst.addr;
+        key.port_a_be = sport_be;
+        key.port_b_be = dport_be;
     } else {
-        (
-            CtKey { endpoint, protocol, _pad: [0; 3], addr_a: dst.addr, addr_b: src.addr, port_a_be: dport_be, port_b_be: sport_be },
-            false,
-        )
+        key.addr_a = dst.addr;
+        key.addr_b = src.addr;
+        key.port_a_be = dport_be;
+        key.port_b_be = sport_be;
     }
+    src_is_a
 }
 
 /// Records a newly allowed flow, opened by the packet whose source is `a` when `src_is_a`.

@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    EndpointInfo, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
+    CtKey, EndpointInfo, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
 };
 
 use crate::{
@@ -61,13 +61,14 @@ fn decide(ctx: &TcContext, direction: u8) -> Reason {
         None => return Reason::AllowUnknownInterface,
     };
     let isolated = policy::isolated(ep, direction);
-    let p = match parse::parse(ctx) {
-        Ok(p) => p,
+    let mut p = Packet::empty();
+    match parse::parse(ctx, &mut p) {
+        Ok(()) => {}
         Err(NotIp::Arp) => return Reason::AllowNonIp,
         Err(NotIp::Other) => return if isolated { Reason::DropNonIp } else { Reason::AllowNonIp },
         Err(NotIp::Malformed) => return Reason::DropMalformed,
         Err(NotIp::TooManyExtHeaders) => return Reason::DropExtHeaders,
-    };
+    }
     let from_pod = direction == DIR_EGRESS;
     let (own, peer) = if from_pod { (&p.src, &p.dst) } else { (&p.dst, &p.src) };
 
@@ -87,7 +88,8 @@ fn decide(ctx: &TcContext, direction: u8) -> Reason {
         return Reason::AllowRelated;
     }
 
-    let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
+    let mut key = CtKey::default();
+    let src_is_a = conntrack::flow_key(&mut key, ep.endpoint, &p);
     if let Some(ct) = maps::CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer for the duration of the program.
         let ct = unsafe { &mut *ct };
@@ -180,10 +182,10 @@ fn insert_first_fragment(ep: &EndpointInfo, p: &Packet) {
 /// own BPF function).
 #[inline(never)]
 fn related_to_tracked_flow(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> bool {
-    let Some(q) = parse::parse_quoted(ctx, p) else {
+    let mut key = CtKey::default();
+    if !parse::quoted_flow_key(ctx, p, ep.endpoint, &mut key) {
         return false;
-    };
-    let (key, _) = conntrack::flow_key(ep.endpoint, q.protocol, &q.src, q.sport_be, &q.dst, q.dport_be);
+    }
     // SAFETY: only checked for presence.
     unsafe { maps::CONNTRACK.get(&key) }.is_some()
 }

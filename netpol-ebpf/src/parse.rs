@@ -3,7 +3,7 @@
 //! ports of TCP, UDP and SCTP or the type of ICMP.
 
 use aya_ebpf::programs::TcContext;
-use netpol_common::IpKey;
+use netpol_common::{CtKey, IpKey};
 
 /// Ethernet header length.
 pub const ETH_LEN: usize = 14;
@@ -94,37 +94,40 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     ptr_at::<T>(ctx, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
 
-/// Parses the frame. `Err` says why it is not an IP packet this classifier can judge.
+impl Packet {
+    /// A packet with every field zero, to be filled by [`parse`].
+    #[inline(always)]
+    pub const fn empty() -> Self {
+        Packet {
+            src: IpKey { addr: [0; 16] },
+            dst: IpKey { addr: [0; 16] },
+            protocol: 0,
+            sport_be: 0,
+            dport_be: 0,
+            icmp_type: 0,
+            icmp_error: false,
+            fragment: Fragment::None,
+            frag_id: 0,
+            ipv6: false,
+            l4: 0,
+        }
+    }
+}
+
+/// Parses the frame into `p`. `Err` says why it is not an IP packet this classifier can judge.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Packet, NotIp> {
+pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<(), NotIp> {
     let ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or(NotIp::Malformed)?);
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, ETH_LEN),
-        ETH_P_IPV6 => parse_ipv6(ctx, ETH_LEN),
+        ETH_P_IPV4 => parse_ipv4(ctx, ETH_LEN, p),
+        ETH_P_IPV6 => parse_ipv6(ctx, ETH_LEN, p),
         ETH_P_ARP => Err(NotIp::Arp),
         _ => Err(NotIp::Other),
     }
 }
 
 #[inline(always)]
-fn empty_packet(ipv6: bool) -> Packet {
-    Packet {
-        src: IpKey::default(),
-        dst: IpKey::default(),
-        protocol: 0,
-        sport_be: 0,
-        dport_be: 0,
-        icmp_type: 0,
-        icmp_error: false,
-        fragment: Fragment::None,
-        frag_id: 0,
-        ipv6,
-        l4: 0,
-    }
-}
-
-#[inline(always)]
-fn parse_ipv4(ctx: &TcContext, off: usize) -> Result<Packet, NotIp> {
+fn parse_ipv4(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<(), NotIp> {
     let vihl: u8 = read(ctx, off).ok_or(NotIp::Malformed)?;
     if vihl >> 4 != 4 {
         return Err(NotIp::Malformed);
@@ -134,8 +137,9 @@ fn parse_ipv4(ctx: &TcContext, off: usize) -> Result<Packet, NotIp> {
         return Err(NotIp::Malformed);
     }
     // Make sure the whole fixed header is there before reading fields of it.
-    let _: [u8; 20] = read(ctx, off).ok_or(NotIp::Malformed)?;
-    let mut p = empty_packet(false);
+    if ptr_at::<[u8; 20]>(ctx, off).is_none() {
+        return Err(NotIp::Malformed);
+    }
     let id_be: u16 = read(ctx, off + 4).ok_or(NotIp::Malformed)?;
     let frag = u16::from_be(read::<u16>(ctx, off + 6).ok_or(NotIp::Malformed)?);
     p.protocol = read(ctx, off + 9).ok_or(NotIp::Malformed)?;
@@ -153,18 +157,18 @@ fn parse_ipv4(ctx: &TcContext, off: usize) -> Result<Packet, NotIp> {
     };
     p.l4 = off + ihl;
     if p.fragment != Fragment::Later {
-        parse_l4(ctx, &mut p)?;
+        parse_l4(ctx, p)?;
     }
-    Ok(p)
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, off: usize) -> Result<Packet, NotIp> {
+fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<(), NotIp> {
     let first: u8 = read(ctx, off).ok_or(NotIp::Malformed)?;
     if first >> 4 != 6 {
         return Err(NotIp::Malformed);
     }
-    let mut p = empty_packet(true);
+    p.ipv6 = true;
     let mut next: u8 = read(ctx, off + 6).ok_or(NotIp::Malformed)?;
     p.src = IpKey { addr: read(ctx, off + 8).ok_or(NotIp::Malformed)? };
     p.dst = IpKey { addr: read(ctx, off + 24).ok_or(NotIp::Malformed)? };
@@ -208,9 +212,9 @@ fn parse_ipv6(ctx: &TcContext, off: usize) -> Result<Packet, NotIp> {
     p.protocol = next;
     p.l4 = l4;
     if p.fragment != Fragment::Later {
-        parse_l4(ctx, &mut p)?;
+        parse_l4(ctx, p)?;
     }
-    Ok(p)
+    Ok(())
 }
 
 /// Fills ports (or the ICMP type and echo identifier) from the L4 header at `p.l4`.
@@ -247,52 +251,45 @@ fn parse_l4(ctx: &TcContext, p: &mut Packet) -> Result<(), NotIp> {
     Ok(())
 }
 
-/// The flow an ICMP error quotes: (source, destination, protocol, source port, destination
-/// port) of the quoted packet, which was sent in the other direction than the error.
-pub struct Quoted {
-    pub src: IpKey,
-    pub dst: IpKey,
-    pub protocol: u8,
-    pub sport_be: u16,
-    pub dport_be: u16,
-}
-
-/// Parses the packet quoted by an ICMP error (`p.icmp_error`).
+/// Fills `key` with the conntrack key (on `endpoint`) of the packet an ICMP error quotes
+/// (`p.icmp_error`): that packet was sent the other way, by the flow the error belongs to.
+/// Returns false when the quoted headers are not there.
 #[inline(always)]
-pub fn parse_quoted(ctx: &TcContext, p: &Packet) -> Option<Quoted> {
+pub fn quoted_flow_key(ctx: &TcContext, p: &Packet, endpoint: u32, key: &mut CtKey) -> bool {
     let inner = p.l4 + 8;
-    let (src, dst, protocol, l4) = if p.ipv6 {
-        let next: u8 = read(ctx, inner + 6)?;
-        (
-            IpKey { addr: read(ctx, inner + 8)? },
-            IpKey { addr: read(ctx, inner + 24)? },
-            next,
-            inner + 40,
-        )
+    let mut q = Packet::empty();
+    let l4: usize;
+    if p.ipv6 {
+        let Some(next) = read::<u8>(ctx, inner + 6) else { return false };
+        let Some(s) = read::<[u8; 16]>(ctx, inner + 8) else { return false };
+        q.src.addr = s;
+        let Some(d) = read::<[u8; 16]>(ctx, inner + 24) else { return false };
+        q.dst.addr = d;
+        q.protocol = next;
+        l4 = inner + 40;
     } else {
-        let vihl: u8 = read(ctx, inner)?;
+        let Some(vihl) = read::<u8>(ctx, inner) else { return false };
         let ihl = ((vihl & 0x0f) as usize) * 4;
         if ihl < 20 {
-            return None;
+            return false;
         }
-        (
-            IpKey::from_v4(read(ctx, inner + 12)?),
-            IpKey::from_v4(read(ctx, inner + 16)?),
-            read(ctx, inner + 9)?,
-            inner + ihl,
-        )
-    };
-    let (sport_be, dport_be) = match protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            let ports: [u16; 2] = read(ctx, l4)?;
-            (ports[0], ports[1])
-        }
+        let Some(s) = read::<[u8; 4]>(ctx, inner + 12) else { return false };
+        q.src = IpKey::from_v4(s);
+        let Some(d) = read::<[u8; 4]>(ctx, inner + 16) else { return false };
+        q.dst = IpKey::from_v4(d);
+        let Some(proto) = read::<u8>(ctx, inner + 9) else { return false };
+        q.protocol = proto;
+        l4 = inner + ihl;
+    }
+    let Some(ports) = read::<[u16; 2]>(ctx, l4) else { return false };
+    (q.sport_be, q.dport_be) = match q.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => (ports[0], ports[1]),
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let hdr: [u8; 8] = read(ctx, l4)?;
-            let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
+            let Some(id) = read::<u16>(ctx, l4 + 4) else { return false };
             (id, id)
         }
         _ => (0, 0),
     };
-    Some(Quoted { src, dst, protocol, sport_be, dport_be })
+    crate::conntrack::flow_key(key, endpoint, &q);
+    true
 }

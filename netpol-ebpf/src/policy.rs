@@ -17,7 +17,8 @@ pub fn isolated(ep: &EndpointInfo, direction: u8) -> bool {
 }
 
 /// Whether a policy entry allows `identity` for this endpoint, direction, protocol and port.
-#[inline(always)]
+/// Its own small BPF function: the LPM key lives in this frame only.
+#[inline(never)]
 fn entry_allows(endpoint: u32, identity: u32, direction: u8, protocol: u8, dport_be: u16) -> bool {
     let key = Key::new(POLICY_PREFIX_FULL, PolicyKey { endpoint, identity, direction, protocol, port_be: dport_be });
     match POLICY.get(&key) {
@@ -27,8 +28,9 @@ fn entry_allows(endpoint: u32, identity: u32, direction: u8, protocol: u8, dport
 }
 
 /// Whether a new flow with `peer` in `direction` to `dport_be` is allowed: by no isolation in
-/// that direction, or by a policy entry for one of the peer's identities.
-#[inline(always)]
+/// that direction, or by a policy entry for one of the peer's identities. A separate BPF
+/// function: only new flows get here, and its keys stay off the hot path's stack frame.
+#[inline(never)]
 pub fn allows(ep: &EndpointInfo, direction: u8, peer: &IpKey, protocol: u8, dport_be: u16) -> bool {
     if !isolated(ep, direction) {
         return true;
@@ -40,11 +42,19 @@ pub fn allows(ep: &EndpointInfo, direction: u8, peer: &IpKey, protocol: u8, dpor
             return true;
         }
     }
-    if let Some(id) = CIDRS.get(&Key::new(128, *peer)) {
-        let identity = id.identity;
-        if entry_allows(ep.endpoint, identity, direction, protocol, dport_be) {
-            return true;
-        }
+    let cidr = cidr_identity(peer);
+    if cidr != 0 && entry_allows(ep.endpoint, cidr, direction, protocol, dport_be) {
+        return true;
     }
     entry_allows(ep.endpoint, IDENTITY_ANY, direction, protocol, dport_be)
+}
+
+/// The CIDR identity of the region `peer` falls in, or 0 when no ipBlock covers it.
+#[inline(never)]
+fn cidr_identity(peer: &IpKey) -> u32 {
+    let key = Key::new(128, IpKey { addr: peer.addr });
+    match CIDRS.get(&key) {
+        Some(id) => id.identity,
+        None => 0,
+    }
 }

@@ -1,0 +1,213 @@
+//! The agent's run loop: every trigger (a manifest change, a link event, a periodic tick)
+//! schedules one debounced, level-triggered sync that reads the whole source, compiles it, finds
+//! the local pods' veths and reconciles the data path.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use notify::Watcher as _;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    compiler::{CompileOptions, Compiler, Desired},
+    datapath::{Datapath, PodInterface},
+    manifests,
+    model::{ObjectRef, Problem},
+    netlink,
+};
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The manifest directory.
+    pub manifests: PathBuf,
+    /// This node's name.
+    pub node: String,
+    /// Where maps and links are pinned.
+    pub pin_path: PathBuf,
+    /// Where to write the status after each sync.
+    pub status_file: Option<PathBuf>,
+    /// Whether the node may reach its pods (kubelet probes) whatever the policies.
+    pub allow_host: bool,
+    /// Resync at least this often.
+    pub resync: Duration,
+}
+
+/// What the agent reports after each sync (the `--status-file`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Status {
+    /// Digest of the manifest content applied (see `manifests::digest_dir`).
+    pub manifest_digest: String,
+    /// Syncs done since start.
+    pub syncs: u64,
+    /// Local pods (`namespace/name`) the manifests place on this node.
+    pub local_pods: Vec<String>,
+    /// Local pods whose veth carries the classifiers.
+    pub attached: Vec<String>,
+    /// Objects left out, and why.
+    pub problems: Vec<Problem>,
+    /// Data-path failures of the last sync.
+    pub errors: Vec<String>,
+    /// Map entries: policy, ipcache, CIDR regions, endpoints.
+    pub entries: BTreeMap<String, usize>,
+}
+
+/// Why a sync was scheduled.
+#[derive(Debug)]
+enum Trigger {
+    Manifests,
+    Links,
+}
+
+/// Runs the agent until SIGINT or SIGTERM. Enforcement stays in place when it stops.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    let mut datapath = Datapath::load(&cfg.pin_path).with_context(|| format!("load data path under {}", cfg.pin_path.display()))?;
+    for e in datapath.adopt_links() {
+        warn!(error = %e, "could not adopt a pinned link");
+    }
+    let (tx, mut rx) = mpsc::channel::<Trigger>(64);
+
+    let manifest_tx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = manifest_tx.try_send(Trigger::Manifests);
+        }
+    })
+    .context("create manifest watcher")?;
+    watcher
+        .watch(&cfg.manifests, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("watch {}", cfg.manifests.display()))?;
+
+    let events = netlink::LinkEvents::subscribe().context("subscribe to link events")?;
+    let link_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("link-events".into())
+        .spawn(move || {
+            while events.wait().is_ok() {
+                if link_tx.blocking_send(Trigger::Links).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("start link event thread")?;
+
+    let mut compiler = Compiler::new();
+    let mut status = Status::default();
+    let mut seeded = false;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut tick = tokio::time::interval(cfg.resync);
+    info!(node = %cfg.node, manifests = %cfg.manifests.display(), pin_path = %cfg.pin_path.display(), "netpol agent started");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {}
+            Some(trigger) = rx.recv() => {
+                debug!(?trigger, "sync scheduled");
+                // Debounce: a burst of file or link events becomes one sync.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while rx.try_recv().is_ok() {}
+            }
+        }
+        let started = Instant::now();
+        if let Err(e) = sync(&cfg, &mut compiler, &mut datapath, &mut status, &mut seeded) {
+            warn!(error = format!("{e:#}"), "sync failed; the last programmed state stays enforced");
+            continue;
+        }
+        debug!(elapsed_ms = started.elapsed().as_millis() as u64, "synced");
+    }
+    info!("netpol agent stopping; enforcement stays in place (pinned under {})", cfg.pin_path.display());
+    drop(watcher);
+    Ok(())
+}
+
+/// One level-triggered sync.
+fn sync(cfg: &RunConfig, compiler: &mut Compiler, datapath: &mut Datapath, status: &mut Status, seeded: &mut bool) -> anyhow::Result<()> {
+    let loaded = manifests::load_dir(&cfg.manifests).with_context(|| format!("read {}", cfg.manifests.display()))?;
+    let host_ips = if cfg.allow_host { netlink::local_addresses().context("list node addresses")? } else { Vec::new() };
+    if !*seeded {
+        // Keep the endpoint ids an earlier agent gave (by pod address), so conntrack entries
+        // of open connections stay valid across a restart.
+        for ep in datapath.current_endpoints().values() {
+            if let Some(pod) = loaded.state.pods.values().find(|p| p.ips.iter().any(|ip| endpoint_has(ep, ip))) {
+                compiler.seed_endpoint(&pod.id, ep.endpoint);
+            }
+        }
+        *seeded = true;
+    }
+    let desired = compiler.compile(&loaded.state, &CompileOptions { node: cfg.node.clone(), host_ips, allow_host: cfg.allow_host });
+    let interfaces = find_interfaces(&desired).context("find pod interfaces")?;
+    let stats = datapath.apply(&desired, &interfaces);
+
+    for p in &loaded.problems {
+        if !status.problems.contains(p) {
+            warn!(object = %p.object, reason = %p.reason, "ignored invalid object");
+        }
+    }
+    for e in &stats.errors {
+        warn!(error = %e, "data path update failed");
+    }
+    if stats.writes + stats.deletes + stats.attached + stats.detached > 0 {
+        info!(
+            writes = stats.writes,
+            deletes = stats.deletes,
+            attached = stats.attached,
+            detached = stats.detached,
+            policies = loaded.state.policies.len(),
+            pods = loaded.state.pods.len(),
+            "applied"
+        );
+    }
+    for (pod, iface) in &interfaces {
+        if !status.attached.contains(&pod.to_string()) {
+            info!(pod = %pod, interface = %iface.name, ifindex = iface.ifindex, "enforcing on pod");
+        }
+    }
+    status.manifest_digest = loaded.digest;
+    status.syncs += 1;
+    status.local_pods = desired.endpoints.keys().map(ToString::to_string).collect();
+    status.attached = interfaces.keys().map(ToString::to_string).collect();
+    status.problems = loaded.problems;
+    status.errors = stats.errors;
+    status.entries = BTreeMap::from([
+        ("policy".to_string(), desired.policy.len()),
+        ("ipcache".to_string(), desired.ipcache.len()),
+        ("cidrs".to_string(), desired.cidrs.len()),
+        ("endpoints".to_string(), interfaces.len()),
+    ]);
+    if let Some(path) = &cfg.status_file {
+        write_status(path, status).with_context(|| format!("write status {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn endpoint_has(ep: &netpol_common::EndpointInfo, ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => ep.flags & netpol_common::EP_HAS_IPV4 != 0 && ep.ipv4 == a.octets(),
+        IpAddr::V6(a) => ep.flags & netpol_common::EP_HAS_IPV6 != 0 && ep.ipv6 == a.octets(),
+    }
+}
+
+/// Finds the host-side veth of each local pod by the pod's addresses on the veth's peer.
+fn find_interfaces(desired: &Desired) -> anyhow::Result<BTreeMap<ObjectRef, PodInterface>> {
+    let veths = netlink::list_veths()?;
+    let mut out = BTreeMap::new();
+    for (pod, plan) in &desired.endpoints {
+        if let Some(v) = veths.iter().find(|v| v.peer_addresses.iter().any(|a| plan.ips.contains(a))) {
+            out.insert(pod.clone(), PodInterface { ifindex: v.ifindex, name: v.name.clone() });
+        }
+    }
+    Ok(out)
+}
+
+fn write_status(path: &Path, status: &Status) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
+}

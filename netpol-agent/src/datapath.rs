@@ -1,0 +1,516 @@
+//! The data-path edge: loads the embedded eBPF object with its maps pinned under the pin path,
+//! attaches the classifiers to pod veths (TCX links, pinned so enforcement outlives the agent),
+//! and reconciles map contents with the compiler's [`Desired`] state, writing only differences.
+//!
+//! Write order (docs/architecture.md, "Survival"): new and changed entries first, then
+//! isolation flags, then removals, then generation bumps, so no packet sees a half-applied
+//! change that denies what both the old and the new state allow.
+
+use std::{
+    collections::{hash_map::DefaultHasher, BTreeMap, BTreeSet},
+    hash::{Hash, Hasher},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use netpol_common::{
+    EndpointInfo, IdentityValue, IpKey, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED, EP_HAS_IPV4, EP_HAS_IPV6,
+    EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY,
+};
+
+use crate::compiler::{CidrKey, Desired, EndpointPlan, PolicyEntryKey};
+
+/// The eBPF object built by build.rs from netpol-ebpf.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpol"));
+
+/// Program on the host veth's TCX ingress: traffic from the pod (its egress policy).
+pub const PROG_FROM_POD: &str = "netpol_from_pod";
+/// Program on the host veth's TCX egress: traffic to the pod (its ingress policy).
+pub const PROG_TO_POD: &str = "netpol_to_pod";
+
+/// Errors of the data-path edge.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// Loading the object or its maps failed.
+    #[error("load eBPF object (pin path {path}): {source}")]
+    Load {
+        /// Pin path.
+        path: PathBuf,
+        /// Cause.
+        source: Box<aya::EbpfError>,
+    },
+    /// A program operation failed.
+    #[error("{op}: {source}")]
+    Program {
+        /// What was being done.
+        op: String,
+        /// Cause.
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A link operation failed.
+    #[error("{op}: {source}")]
+    Link {
+        /// What was being done.
+        op: String,
+        /// Cause.
+        source: Box<aya::programs::links::LinkError>,
+    },
+    /// A map operation failed.
+    #[error("{op}: {source}")]
+    Map {
+        /// What was being done.
+        op: String,
+        /// Cause.
+        source: Box<aya::maps::MapError>,
+    },
+    /// A file system operation on the pin path failed.
+    #[error("{op} {path}: {source}")]
+    Fs {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Pinning a link failed.
+    #[error("pin link {path}: {source}")]
+    Pin {
+        /// The pin.
+        path: PathBuf,
+        /// Cause.
+        source: Box<aya::pin::PinError>,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, DatapathError>;
+
+fn map_err(op: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    let op = op.into();
+    move |source| DatapathError::Map { op, source: Box::new(source) }
+}
+
+fn prog_err(op: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    let op = op.into();
+    move |source| DatapathError::Program { op, source: Box::new(source) }
+}
+
+/// A local pod's host-side veth, as the attacher found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInterface {
+    /// Interface index in the node namespace.
+    pub ifindex: u32,
+    /// Interface name.
+    pub name: String,
+}
+
+/// What one reconciliation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Map entries written (inserted or updated).
+    pub writes: usize,
+    /// Map entries deleted.
+    pub deletes: usize,
+    /// Interfaces attached.
+    pub attached: usize,
+    /// Interfaces detached.
+    pub detached: usize,
+    /// Failures that left part of the state unapplied (reported, not fatal).
+    pub errors: Vec<String>,
+}
+
+/// The loaded data path and a mirror of what the maps hold.
+pub struct Datapath {
+    ebpf: Ebpf,
+    links_dir: PathBuf,
+    endpoints: HashMap<MapData, u32, EndpointInfo>,
+    ipcache: HashMap<MapData, IpKey, IdentityValue>,
+    cidrs: LpmTrie<MapData, IpKey, IdentityValue>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    counters: PerCpuArray<MapData, u64>,
+    cur_endpoints: BTreeMap<u32, EndpointInfo>,
+    cur_ipcache: BTreeMap<IpKey, u32>,
+    cur_cidrs: BTreeMap<CidrKey, u32>,
+    cur_policy: BTreeMap<PolicyEntryKey, PolicyValue>,
+    /// Per endpoint id: fingerprint of its flags and policy entries, and its generation.
+    fingerprints: BTreeMap<u32, (u64, u32)>,
+}
+
+impl Datapath {
+    /// Loads the programs with every map pinned under `pin_path` (reusing maps already pinned
+    /// there), and reads what the maps hold.
+    pub fn load(pin_path: &Path) -> Result<Self> {
+        ensure_bpffs(pin_path)?;
+        let links_dir = pin_path.join("links");
+        std::fs::create_dir_all(&links_dir)
+            .map_err(|source| DatapathError::Fs { op: "create pin directory", path: links_dir.clone(), source })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_path)
+            .load(EBPF_OBJECT)
+            .map_err(|source| DatapathError::Load { path: pin_path.to_path_buf(), source: Box::new(source) })?;
+        for name in [PROG_FROM_POD, PROG_TO_POD] {
+            program(&mut ebpf, name)?.load().map_err(prog_err(format!("load program {name}")))?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name).ok_or_else(|| DatapathError::Map {
+                op: format!("find map {name}"),
+                source: Box::new(aya::maps::MapError::InvalidName { name: name.to_string() }),
+            })
+        };
+        let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        let ipcache = HashMap::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?;
+        let cidrs = LpmTrie::try_from(take(&mut ebpf, MAP_CIDRS)?).map_err(map_err(MAP_CIDRS))?;
+        let policy = LpmTrie::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
+        let mut dp = Self {
+            ebpf,
+            links_dir,
+            endpoints,
+            ipcache,
+            cidrs,
+            policy,
+            counters,
+            cur_endpoints: BTreeMap::new(),
+            cur_ipcache: BTreeMap::new(),
+            cur_cidrs: BTreeMap::new(),
+            cur_policy: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+        };
+        dp.read_current()?;
+        Ok(dp)
+    }
+
+    /// Reads the pinned maps' contents into the mirror (an agent adopting what an earlier one
+    /// left reconciles against what is really there).
+    fn read_current(&mut self) -> Result<()> {
+        for item in self.endpoints.iter() {
+            let (k, v) = item.map_err(map_err("read endpoints"))?;
+            self.cur_endpoints.insert(k, v);
+        }
+        for item in self.ipcache.iter() {
+            let (k, v) = item.map_err(map_err("read ipcache"))?;
+            self.cur_ipcache.insert(k, v.identity);
+        }
+        for item in self.cidrs.iter() {
+            let (k, v) = item.map_err(map_err("read cidrs"))?;
+            self.cur_cidrs.insert(CidrKey { prefix_len: k.prefix_len(), addr: k.data() }, v.identity);
+        }
+        for item in self.policy.iter() {
+            let (k, v) = item.map_err(map_err("read policy"))?;
+            self.cur_policy.insert(PolicyEntryKey { prefix_len: k.prefix_len(), key: k.data() }, v);
+        }
+        for ep in self.cur_endpoints.values() {
+            self.fingerprints.insert(ep.endpoint, (0, ep.generation));
+        }
+        Ok(())
+    }
+
+    /// The endpoints the pinned map already holds: `ifindex -> info` (for adoption).
+    pub fn current_endpoints(&self) -> &BTreeMap<u32, EndpointInfo> {
+        &self.cur_endpoints
+    }
+
+    /// Packets counted per reason, summed over CPUs.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut out = BTreeMap::new();
+        for reason in Reason::ALL {
+            let values = self.counters.get(&(reason as u32), 0).map_err(map_err("read counters"))?;
+            out.insert(reason.name(), values.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Brings maps and attachments to `desired`, for the local pods found at `interfaces`
+    /// (pods without an interface get no endpoint yet).
+    pub fn apply(&mut self, desired: &Desired, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>) -> ApplyStats {
+        let mut stats = self.apply_maps(desired, interfaces);
+        self.apply_links(interfaces, &mut stats);
+        stats
+    }
+
+    /// The map half of [`Datapath::apply`]: writes every map, attaches nothing (tests drive the
+    /// programs with BPF_PROG_TEST_RUN on top of it).
+    pub fn apply_maps(&mut self, desired: &Desired, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>) -> ApplyStats {
+        let mut stats = ApplyStats::default();
+
+        // 1. New and changed policy entries, regions and identities.
+        for (k, v) in &desired.policy {
+            if self.cur_policy.get(k) != Some(v) {
+                let key = Key::new(k.prefix_len, k.key);
+                match self.policy.insert(&key, v, 0) {
+                    Ok(()) => {
+                        self.cur_policy.insert(*k, *v);
+                        stats.writes += 1;
+                    }
+                    Err(e) => stats.errors.push(format!("write policy entry {k:?}: {e}")),
+                }
+            }
+        }
+        for (k, id) in &desired.cidrs {
+            if self.cur_cidrs.get(k) != Some(id) {
+                match self.cidrs.insert(&Key::new(k.prefix_len, k.addr), IdentityValue { identity: *id }, 0) {
+                    Ok(()) => {
+                        self.cur_cidrs.insert(*k, *id);
+                        stats.writes += 1;
+                    }
+                    Err(e) => stats.errors.push(format!("write cidr region {k:?}: {e}")),
+                }
+            }
+        }
+        for (k, id) in &desired.ipcache {
+            if self.cur_ipcache.get(k) != Some(id) {
+                match self.ipcache.insert(k, IdentityValue { identity: *id }, 0) {
+                    Ok(()) => {
+                        self.cur_ipcache.insert(*k, *id);
+                        stats.writes += 1;
+                    }
+                    Err(e) => stats.errors.push(format!("write ipcache {k:?}: {e}")),
+                }
+            }
+        }
+
+        // 2. Endpoints with their new isolation flags, at their current generation.
+        let mut wanted: BTreeMap<u32, (u64, &EndpointPlan)> = BTreeMap::new();
+        for (pod, plan) in &desired.endpoints {
+            let Some(iface) = interfaces.get(pod) else { continue };
+            let fingerprint = fingerprint(desired, plan);
+            wanted.insert(iface.ifindex, (fingerprint, plan));
+            let generation = self.fingerprints.get(&plan.id).map_or(1, |(_, g)| *g);
+            let info = endpoint_info(plan, generation);
+            if self.cur_endpoints.get(&iface.ifindex) != Some(&info) {
+                self.write_endpoint(iface.ifindex, info, &mut stats);
+            }
+        }
+
+        // 3. Removals.
+        let stale: Vec<PolicyEntryKey> = self.cur_policy.keys().filter(|k| !desired.policy.contains_key(k)).copied().collect();
+        for k in stale {
+            match self.policy.remove(&Key::new(k.prefix_len, k.key)) {
+                Ok(()) => {
+                    self.cur_policy.remove(&k);
+                    stats.deletes += 1;
+                }
+                Err(e) => stats.errors.push(format!("delete policy entry {k:?}: {e}")),
+            }
+        }
+        let stale: Vec<CidrKey> = self.cur_cidrs.keys().filter(|k| !desired.cidrs.contains_key(k)).copied().collect();
+        for k in stale {
+            match self.cidrs.remove(&Key::new(k.prefix_len, k.addr)) {
+                Ok(()) => {
+                    self.cur_cidrs.remove(&k);
+                    stats.deletes += 1;
+                }
+                Err(e) => stats.errors.push(format!("delete cidr region {k:?}: {e}")),
+            }
+        }
+        let stale: Vec<IpKey> = self.cur_ipcache.keys().filter(|k| !desired.ipcache.contains_key(k)).copied().collect();
+        for k in stale {
+            match self.ipcache.remove(&k) {
+                Ok(()) => {
+                    self.cur_ipcache.remove(&k);
+                    stats.deletes += 1;
+                }
+                Err(e) => stats.errors.push(format!("delete ipcache {k:?}: {e}")),
+            }
+        }
+
+        // 4. Generation bumps: flows allowed under an older policy are checked again.
+        for (ifindex, (fp, plan)) in &wanted {
+            let (old_fp, generation) = self.fingerprints.get(&plan.id).copied().unwrap_or((0, 0));
+            if old_fp != *fp {
+                let generation = generation.wrapping_add(1).max(1);
+                self.fingerprints.insert(plan.id, (*fp, generation));
+                self.write_endpoint(*ifindex, endpoint_info(plan, generation), &mut stats);
+            }
+        }
+
+        // 5. Endpoints of interfaces that are gone or no longer local pods.
+        let stale: Vec<u32> = self.cur_endpoints.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for ifindex in stale {
+            match self.endpoints.remove(&ifindex) {
+                Ok(()) => {
+                    if let Some(ep) = self.cur_endpoints.remove(&ifindex) {
+                        self.fingerprints.remove(&ep.endpoint);
+                    }
+                    stats.deletes += 1;
+                }
+                Err(e) => stats.errors.push(format!("delete endpoint of ifindex {ifindex}: {e}")),
+            }
+        }
+        stats
+    }
+
+    /// The link half of [`Datapath::apply`]: attaches the classifiers to every interface that
+    /// has an endpoint entry and no links yet, and detaches (unpins) links of other interfaces.
+    fn apply_links(&mut self, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>, stats: &mut ApplyStats) {
+        let pinned = self.pinned_links();
+        let wanted: BTreeSet<u32> = interfaces.values().map(|i| i.ifindex).filter(|i| self.cur_endpoints.contains_key(i)).collect();
+        for iface in interfaces.values() {
+            if wanted.contains(&iface.ifindex) && !pinned.contains(&iface.ifindex) {
+                match self.attach(iface) {
+                    Ok(()) => stats.attached += 1,
+                    Err(e) => stats.errors.push(format!("attach {}: {e}", iface.name)),
+                }
+            }
+        }
+        for ifindex in pinned.difference(&wanted) {
+            self.unpin_links(*ifindex, stats);
+            stats.detached += 1;
+        }
+    }
+
+    /// A loaded classifier ([`PROG_FROM_POD`] or [`PROG_TO_POD`]), e.g. for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        program(&mut self.ebpf, name)
+    }
+
+    fn write_endpoint(&mut self, ifindex: u32, info: EndpointInfo, stats: &mut ApplyStats) {
+        match self.endpoints.insert(ifindex, info, 0) {
+            Ok(()) => {
+                self.cur_endpoints.insert(ifindex, info);
+                stats.writes += 1;
+            }
+            Err(e) => stats.errors.push(format!("write endpoint of ifindex {ifindex}: {e}")),
+        }
+    }
+
+    fn link_pin(&self, ifindex: u32, program: &str) -> PathBuf {
+        self.links_dir.join(format!("{ifindex}-{program}"))
+    }
+
+    /// Interfaces with pinned links (by ifindex).
+    fn pinned_links(&self) -> BTreeSet<u32> {
+        std::fs::read_dir(&self.links_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.split('-').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Attaches both classifiers to `iface` and pins the links.
+    fn attach(&mut self, iface: &PodInterface) -> Result<()> {
+        for (name, attach_type) in [(PROG_TO_POD, TcAttachType::Egress), (PROG_FROM_POD, TcAttachType::Ingress)] {
+            let pin = self.link_pin(iface.ifindex, name);
+            let prog = program(&mut self.ebpf, name)?;
+            let id = prog.attach(&iface.name, attach_type).map_err(prog_err(format!("attach {name} to {}", iface.name)))?;
+            let link = prog.take_link(id).map_err(prog_err(format!("take link of {name} on {}", iface.name)))?;
+            let link: FdLink = link
+                .try_into()
+                .map_err(|e| DatapathError::Link { op: format!("link of {name} on {}", iface.name), source: Box::new(e) })?;
+            link.pin(&pin).map_err(|source| DatapathError::Pin { path: pin.clone(), source: Box::new(source) })?;
+        }
+        Ok(())
+    }
+
+    /// Points links pinned by an earlier agent at this agent's programs (atomically, with no
+    /// moment without a program), so an upgrade takes effect without detaching.
+    pub fn adopt_links(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for ifindex in self.pinned_links() {
+            for name in [PROG_TO_POD, PROG_FROM_POD] {
+                let pin = self.link_pin(ifindex, name);
+                let result = PinnedLink::from_pin(&pin)
+                    .map_err(|e| format!("open {}: {e}", pin.display()))
+                    .and_then(|pinned| {
+                        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| format!("{}: {e}", pin.display()))?;
+                        let prog = program(&mut self.ebpf, name).map_err(|e| e.to_string())?;
+                        prog.attach_to_link(link).map(|_| ()).map_err(|e| format!("update {}: {e}", pin.display()))
+                    });
+                if let Err(e) = result {
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    fn unpin_links(&mut self, ifindex: u32, stats: &mut ApplyStats) {
+        for name in [PROG_TO_POD, PROG_FROM_POD] {
+            let pin = self.link_pin(ifindex, name);
+            if let Err(e) = std::fs::remove_file(&pin) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    stats.errors.push(format!("unpin {}: {e}", pin.display()));
+                }
+            }
+        }
+    }
+}
+
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Makes sure `pin_path` lies on a bpffs: when `/sys/fs/bpf` (or the nearest existing parent of
+/// the pin path) is not one, mounts bpffs there, as Cilium's agent does on hosts that lack it.
+fn ensure_bpffs(pin_path: &Path) -> Result<()> {
+    let mut dir = pin_path;
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("/"));
+    }
+    let fs = nix::sys::statfs::statfs(dir)
+        .map_err(|e| DatapathError::Fs { op: "statfs", path: dir.to_path_buf(), source: e.into() })?;
+    #[expect(clippy::unnecessary_cast, reason = "the field's integer type differs between libc targets")]
+    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpffs"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| DatapathError::Fs { op: "mount bpffs on", path: dir.to_path_buf(), source: e.into() })?;
+    tracing::info!(path = %dir.display(), "mounted bpffs");
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| DatapathError::Program {
+        op: format!("find program {name}"),
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    })?;
+    prog.try_into().map_err(prog_err(format!("program {name}")))
+}
+
+/// The endpoint map value of a plan at a generation.
+pub fn endpoint_info(plan: &EndpointPlan, generation: u32) -> EndpointInfo {
+    let mut flags = 0;
+    if plan.ingress_isolated {
+        flags |= EP_INGRESS_ISOLATED;
+    }
+    if plan.egress_isolated {
+        flags |= EP_EGRESS_ISOLATED;
+    }
+    if plan.ipv4.is_some() {
+        flags |= EP_HAS_IPV4;
+    }
+    if plan.ipv6.is_some() {
+        flags |= EP_HAS_IPV6;
+    }
+    EndpointInfo {
+        endpoint: plan.id,
+        flags,
+        generation,
+        _pad: 0,
+        ipv4: plan.ipv4.map_or([0; 4], |a| a.octets()),
+        _pad2: [0; 4],
+        ipv6: plan.ipv6.map_or([0; 16], |a| a.octets()),
+    }
+}
+
+/// A fingerprint of everything that decides an endpoint's verdicts: its isolation and entries.
+fn fingerprint(desired: &Desired, plan: &EndpointPlan) -> u64 {
+    let mut h = DefaultHasher::new();
+    (plan.ingress_isolated, plan.egress_isolated).hash(&mut h);
+    for (k, v) in desired.entries_of(plan.id) {
+        (k.prefix_len, k.key, v.action, v.tier).hash(&mut h);
+    }
+    // The identities behind the entries can change meaning only through the ipcache and the
+    // CIDR regions, which are part of what the endpoint's decisions depend on.
+    desired.ipcache.hash(&mut h);
+    desired.cidrs.hash(&mut h);
+    h.finish()
+}

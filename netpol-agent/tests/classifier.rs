@@ -1,0 +1,382 @@
+//! The real classifiers, run by the kernel with BPF_PROG_TEST_RUN on crafted frames, over maps
+//! filled by the real compiler and reconciler. Needs root (skips, saying why, without it).
+//!
+//! BPF_PROG_TEST_RUN runs a classifier on the loopback device, so the local pod under test is
+//! given ifindex 1 (`lo`) in the endpoint map; nothing is attached to any interface.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::programs::{TestRun, TestRunOptions};
+use netpol_agent::{
+    compiler::{CompileOptions, Compiler},
+    datapath::{Datapath, PodInterface, PROG_FROM_POD, PROG_TO_POD},
+    manifests,
+    model::ObjectRef,
+};
+
+const ALLOW: u32 = u32::MAX; // TC_ACT_UNSPEC (-1): on to the next program, the packet passes.
+const DROP: u32 = 2; // TC_ACT_SHOT
+
+/// A loaded data path with a unique pin directory, removed on drop.
+struct Fixture {
+    dp: Datapath,
+    pin: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Loads the data path and programs `yaml` (namespaces, pods, policies) for pod `local`,
+/// which the classifier sees on ifindex 1.
+fn fixture(yaml: &str, local: (&str, &str)) -> Option<Fixture> {
+    if !is_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+        return None;
+    }
+    static N: AtomicU32 = AtomicU32::new(0);
+    let pin = PathBuf::from(format!("/sys/fs/bpf/netpol-classifier-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let mut dp = Datapath::load(&pin).expect("the classifiers load and pass the verifier");
+    let mut loaded = manifests::Loaded::default();
+    manifests::load_documents(yaml, "test.yaml", &mut loaded, &mut Default::default());
+    assert!(loaded.problems.is_empty(), "fixture problems: {:?}", loaded.problems);
+    let desired = Compiler::new().compile(&loaded.state, &CompileOptions { node: "n1".into(), host_ips: vec![], allow_host: false });
+    let interfaces = BTreeMap::from([(ObjectRef::new(local.0, local.1), PodInterface { ifindex: 1, name: "lo".into() })]);
+    let stats = dp.apply_maps(&desired, &interfaces);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    Some(Fixture { dp, pin })
+}
+
+impl Fixture {
+    fn run(&mut self, program: &str, frame: &[u8]) -> u32 {
+        let prog = self.dp.program(program).expect("program");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    }
+
+    /// Runs a frame leaving the local pod (its egress policy).
+    fn from_pod(&mut self, frame: &[u8]) -> u32 {
+        self.run(PROG_FROM_POD, frame)
+    }
+
+    /// Runs a frame entering the local pod (its ingress policy).
+    fn to_pod(&mut self, frame: &[u8]) -> u32 {
+        self.run(PROG_TO_POD, frame)
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.dp.counters().expect("counters")[name]
+    }
+}
+
+/// Frame builders (checksums are not checked by the classifier).
+mod frame {
+    use std::net::IpAddr;
+
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+    pub const ICMP: u8 = 1;
+    pub const ICMPV6: u8 = 58;
+
+    fn eth(ethertype: u16) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    /// L4 header bytes for a protocol and ports (ICMP: type 8 echo with the port as id).
+    pub fn l4(proto: u8, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+        match proto {
+            TCP => {
+                let mut h = vec![0u8; 20];
+                h[..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = if syn { 0x02 } else { 0x10 };
+                h
+            }
+            UDP => {
+                let mut h = vec![0u8; 8];
+                h[..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..6].copy_from_slice(&8u16.to_be_bytes());
+                h
+            }
+            SCTP => {
+                // Common header (ports, verification tag, checksum) and an INIT chunk.
+                let mut h = vec![0u8; 12 + 20];
+                h[..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[12] = 1;
+                h[14..16].copy_from_slice(&20u16.to_be_bytes());
+                h
+            }
+            _ => {
+                let mut h = vec![0u8; 8];
+                h[0] = if proto == ICMPV6 { 128 } else { 8 };
+                h[4..6].copy_from_slice(&sport.to_be_bytes());
+                h
+            }
+        }
+    }
+
+    /// An IPv4 or IPv6 packet in an Ethernet frame.
+    pub fn ip(src: &str, dst: &str, proto: u8, payload: &[u8]) -> Vec<u8> {
+        let (src, dst): (IpAddr, IpAddr) = (src.parse().expect("src"), dst.parse().expect("dst"));
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => ipv4(s.octets(), d.octets(), proto, 0, 0, payload),
+            (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s.octets(), d.octets(), proto, &[], payload),
+            _ => panic!("mixed families"),
+        }
+    }
+
+    /// IPv4 with explicit fragment fields (`frag`: flags and offset word, host order).
+    pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = eth(0x0800);
+        let total = 20 + payload.len();
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&id.to_be_bytes());
+        h[6..8].copy_from_slice(&frag.to_be_bytes());
+        h[8] = 64;
+        h[9] = proto;
+        h[12..16].copy_from_slice(&src);
+        h[16..20].copy_from_slice(&dst);
+        f.extend_from_slice(&h);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// IPv6 with a chain of extension headers `(type, bytes)` before the payload.
+    pub fn ipv6(src: [u8; 16], dst: [u8; 16], proto: u8, ext: &[(u8, Vec<u8>)], payload: &[u8]) -> Vec<u8> {
+        let mut f = eth(0x86dd);
+        let mut body = Vec::new();
+        for (i, (_, bytes)) in ext.iter().enumerate() {
+            let mut b = bytes.clone();
+            b[0] = ext.get(i + 1).map_or(proto, |(t, _)| *t);
+            body.extend_from_slice(&b);
+        }
+        body.extend_from_slice(payload);
+        let mut h = [0u8; 40];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
+        h[6] = ext.first().map_or(proto, |(t, _)| *t);
+        h[7] = 64;
+        h[8..24].copy_from_slice(&src);
+        h[24..40].copy_from_slice(&dst);
+        f.extend_from_slice(&h);
+        f.extend_from_slice(&body);
+        f
+    }
+
+    /// A packet with `proto`, ports and SYN (TCP) between two addresses.
+    pub fn flow(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+        ip(src, dst, proto, &l4(proto, sport, dport, true))
+    }
+}
+
+use frame::{flow, ICMP, SCTP, TCP, UDP};
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {ns: x}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y, labels: {ns: y}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: serve-80, containerPort: 80}]}]}
+status: {podIPs: [{ip: 198.18.0.10}, {ip: "fd00:198:18::10"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 198.18.0.11}, {ip: "fd00:198:18::11"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: y, labels: {pod: b}}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 198.18.1.11}, {ip: "fd00:198:18:1::11"}]}
+"#;
+
+const A: &str = "198.18.0.10";
+const B: &str = "198.18.0.11";
+const YB: &str = "198.18.1.11";
+const A6: &str = "fd00:198:18::10";
+const B6: &str = "fd00:198:18::11";
+
+fn with_policy(policy: &str) -> String {
+    format!("{PODS}\n---\n{policy}")
+}
+
+const ALLOW_B_TCP_80: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 80}, {protocol: SCTP, port: 80}]
+"#;
+
+#[test]
+fn a_pod_no_policy_selects_passes_everything() {
+    let Some(mut f) = fixture(PODS, ("x", "a")) else { return };
+    assert_eq!(f.to_pod(&flow(YB, A, TCP, 40000, 81)), ALLOW);
+    assert_eq!(f.from_pod(&flow(A, YB, UDP, 40000, 53)), ALLOW);
+    assert_eq!(f.counter("allow_not_isolated"), 2);
+}
+
+#[test]
+fn an_interface_that_is_no_pod_of_ours_is_not_policed() {
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "b")) else { return };
+    // ifindex 1 is pod b here, which no policy isolates; a is not on this interface.
+    assert_eq!(f.to_pod(&flow(YB, B, TCP, 40000, 81)), ALLOW);
+}
+
+#[test]
+fn an_ingress_rule_allows_only_its_peer_port_and_protocol() {
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
+    assert_eq!(f.to_pod(&flow(B, A, TCP, 40000, 80)), ALLOW, "b -> a:80/TCP is allowed");
+    assert_eq!(f.to_pod(&flow(B, A, TCP, 40000, 81)), DROP, "port 81 is not");
+    assert_eq!(f.to_pod(&flow(B, A, UDP, 40000, 80)), DROP, "UDP is not");
+    assert_eq!(f.to_pod(&flow(YB, A, TCP, 40000, 80)), DROP, "b of namespace y is not");
+    assert_eq!(f.to_pod(&flow(B, A, SCTP, 40000, 80)), ALLOW, "SCTP 80 is allowed");
+    assert_eq!(f.to_pod(&flow(B, A, SCTP, 40000, 81)), DROP, "SCTP 81 is not");
+    assert_eq!(f.to_pod(&flow(B6, A6, TCP, 40000, 80)), ALLOW, "IPv6 b -> a:80 too");
+    assert_eq!(f.to_pod(&flow(B6, A6, TCP, 40000, 81)), DROP);
+    assert_eq!(f.counter("drop_no_rule"), 5);
+}
+
+#[test]
+fn replies_of_an_allowed_connection_pass_and_new_flows_the_other_way_do_not() {
+    let policy = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  egress: [{to: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]
+"#;
+    let Some(mut f) = fixture(&with_policy(policy), ("x", "a")) else { return };
+    assert_eq!(f.from_pod(&flow(A, B, TCP, 40000, 80)), ALLOW, "a -> b:80 opens");
+    let reply = frame::ip(B, A, TCP, &frame::l4(TCP, 80, 40000, false));
+    assert_eq!(f.to_pod(&reply), ALLOW, "the reply passes a's ingress isolation");
+    assert_eq!(f.counter("allow_established"), 1);
+    assert_eq!(f.to_pod(&flow(B, A, TCP, 40001, 80)), DROP, "b cannot open a connection to a");
+}
+
+#[test]
+fn a_pod_cannot_send_with_another_source_address() {
+    let Some(mut f) = fixture(PODS, ("x", "a")) else { return };
+    assert_eq!(f.from_pod(&flow(B, YB, TCP, 40000, 80)), DROP, "forged IPv4 source");
+    assert_eq!(f.from_pod(&flow("198.18.9.9", YB, UDP, 1, 53)), DROP, "random IPv4 source");
+    assert_eq!(f.from_pod(&flow(B6, "fd00:198:18:1::11", TCP, 40000, 80)), DROP, "forged IPv6 source");
+    assert_eq!(f.from_pod(&flow(A, YB, TCP, 40000, 80)), ALLOW, "its own address");
+    assert_eq!(f.counter("drop_spoofed"), 3);
+}
+
+#[test]
+fn icmp_into_an_isolated_pod_needs_a_rule_without_ports() {
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
+    assert_eq!(f.to_pod(&flow(B, A, ICMP, 7, 0)), DROP, "a rule with ports does not allow ICMP");
+    let no_ports = ALLOW_B_TCP_80.replace("    ports: [{port: 80}, {protocol: SCTP, port: 80}]\n", "");
+    let Some(mut f) = fixture(&with_policy(&no_ports), ("x", "a")) else { return };
+    assert_eq!(f.to_pod(&flow(B, A, ICMP, 7, 0)), ALLOW, "a rule without ports does");
+}
+
+#[test]
+fn ipv6_neighbour_discovery_is_never_blocked() {
+    let deny = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"#;
+    let Some(mut f) = fixture(&with_policy(deny), ("x", "a")) else { return };
+    let mut ns = frame::l4(frame::ICMPV6, 0, 0, false);
+    ns[0] = 135; // neighbour solicitation
+    assert_eq!(f.to_pod(&frame::ip("fe80::1", A6, frame::ICMPV6, &ns)), ALLOW);
+    assert_eq!(f.from_pod(&frame::ip("fe80::2", "ff02::1:ff00:1", frame::ICMPV6, &ns)), ALLOW, "from a link-local source");
+    assert_eq!(f.to_pod(&flow(B6, A6, TCP, 1000, 80)), DROP);
+}
+
+#[test]
+fn ports_are_found_behind_ipv6_extension_headers_and_long_chains_are_dropped() {
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
+    let s: std::net::Ipv6Addr = B6.parse().expect("addr");
+    let d: std::net::Ipv6Addr = A6.parse().expect("addr");
+    let opts = (0u8, vec![0u8, 0, 1, 4, 0, 0, 0, 0]); // hop-by-hop, 8 bytes of PadN
+    let dst_opts = (60u8, vec![0u8, 0, 1, 4, 0, 0, 0, 0]);
+    let tcp81 = frame::l4(TCP, 40000, 81, true);
+    let tcp80 = frame::l4(TCP, 40000, 80, true);
+    assert_eq!(f.to_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &[opts.clone(), dst_opts.clone()], &tcp80)), ALLOW);
+    assert_eq!(f.to_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &[opts.clone(), dst_opts.clone()], &tcp81)), DROP);
+    let long: Vec<(u8, Vec<u8>)> = std::iter::once(opts).chain(std::iter::repeat_n(dst_opts, 7)).collect();
+    assert_eq!(f.to_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &long, &tcp80)), DROP, "a chain past the parser's bound");
+    assert_eq!(f.counter("drop_ext_headers"), 1);
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
+    let (b, a) = ([198, 18, 0, 11], [198, 18, 0, 10]);
+    let more = 0x2000;
+    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 77, 0x20 | 0, &[0u8; 8])), DROP, "a later fragment with no first fragment");
+    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 78, more, &frame::l4(TCP, 40000, 81, true))), DROP, "first fragment to a denied port");
+    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 78, 3, &[0u8; 8])), DROP, "its later fragment");
+    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 79, more, &frame::l4(TCP, 40000, 80, true))), ALLOW, "first fragment to an allowed port");
+    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 79, 3, &[0u8; 8])), ALLOW, "its later fragment");
+    assert_eq!(f.counter("drop_orphan_fragment"), 2);
+}
+
+#[test]
+fn truncated_headers_are_dropped() {
+    let Some(mut f) = fixture(PODS, ("x", "a")) else { return };
+    let full = flow(B, A, TCP, 40000, 80);
+    assert_eq!(f.to_pod(&full[..14 + 20 + 2]), DROP, "TCP header cut short");
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x43;
+    assert_eq!(f.to_pod(&bad_ihl), DROP, "IHL below 5");
+    assert_eq!(f.counter("drop_malformed"), 2);
+}
+
+#[test]
+fn an_allowed_flow_is_cut_when_its_policy_is_withdrawn() {
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
+    assert_eq!(f.to_pod(&flow(B, A, TCP, 40000, 80)), ALLOW);
+    // Recompile without the allow rule but still isolated, and reconcile in place.
+    let deny = ALLOW_B_TCP_80.replace("  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n    ports: [{port: 80}, {protocol: SCTP, port: 80}]\n", "  policyTypes: [Ingress]\n");
+    let mut loaded = manifests::Loaded::default();
+    manifests::load_documents(&with_policy(&deny), "t.yaml", &mut loaded, &mut Default::default());
+    let desired = Compiler::new().compile(&loaded.state, &CompileOptions { node: "n1".into(), host_ips: vec![], allow_host: false });
+    let ifaces = BTreeMap::from([(ObjectRef::new("x", "a"), PodInterface { ifindex: 1, name: "lo".into() })]);
+    f.dp.apply_maps(&desired, &ifaces);
+    let next = frame::ip(B, A, TCP, &frame::l4(TCP, 40000, 80, false));
+    assert_eq!(f.to_pod(&next), DROP, "the open connection's next packet");
+    assert_eq!(f.counter("drop_revoked"), 1);
+    let _: IpAddr = A.parse().expect("addr");
+}
