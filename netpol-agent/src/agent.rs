@@ -75,7 +75,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     let manifest_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reading the manifests raises access events; only changes schedule a sync.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = manifest_tx.try_send(Trigger::Manifests);
         }
     })
