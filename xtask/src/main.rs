@@ -1,1 +1,187 @@
-fn main() {}
+//! `cargo xtask`: set up the machine, build, test, and run the demo.
+//!
+//! Every command first runs `setup`, which installs what is missing and nothing else, so each
+//! works on a fresh machine, as root, without standard input.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "netpol's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages, nightly rust-src, bpf-linker.
+    Setup,
+    /// Build the agent (eBPF embedded) to target/release/netpol-agent.
+    Build,
+    /// Run every test, including the privileged network-namespace tests (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the three-tier demo in a sandbox node and check the reachability it measures.
+    Demo {
+        /// Where to write the report (Markdown).
+        #[arg(long, default_value = "report")]
+        report: PathBuf,
+    },
+}
+
+/// Debian packages the tests and the demo use: iproute2 (ip), util-linux (nsenter), iptables
+/// (the tests' own probe-failure checks), bpftool (inspection), iperf3 (benchmarks).
+const DEBIAN_PACKAGES: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("nsenter", "util-linux"), ("iptables", "iptables"), ("bpftool", "bpftool"), ("iperf3", "iperf3")];
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build(&root)
+        }
+        Task::Test { args } => {
+            setup()?;
+            build(&root)?;
+            test(&root, &args)
+        }
+        Task::Demo { report } => {
+            setup()?;
+            build(&root)?;
+            demo(&root, &report)
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(dir.parent().context("xtask has a parent directory")?.to_path_buf())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|o| o.status.success())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|u| u == "0")
+}
+
+/// Installs what is missing, idempotently.
+fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing {missing:?}; run as root (or install them) first");
+        }
+        eprintln!("setup: installing Debian packages {missing:?}");
+        run(Command::new("apt-get").arg("update").arg("-qq").env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    // The eBPF crate builds with nightly and -Z build-std=core.
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("the nightly toolchain is needed to build the eBPF programs (rustup toolchain install nightly)")?;
+    let sysroot = PathBuf::from(sysroot);
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        eprintln!("setup: adding rust-src to nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+
+    // bpf-linker, built against the nightly toolchain's own libLLVM, cached outside the clone.
+    let lib = std::fs::read_dir(sysroot.join("lib"))
+        .context("read nightly sysroot")?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-")))
+        .context("nightly ships no libLLVM.so.*-rust-*")?;
+    let lib_name = lib.file_name().and_then(|n| n.to_str()).context("libLLVM file name")?.to_string();
+    let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
+    let cache = home.join(".cache/netpol");
+    let root = cache.join(format!("bpf-linker-{lib_name}"));
+    if root.join("bin/bpf-linker").is_file() {
+        return Ok(());
+    }
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc reports no LLVM version")?
+        .to_string();
+    let prefix = cache.join(format!("llvm-{lib_name}"));
+    std::fs::create_dir_all(prefix.join("lib")).context("create LLVM prefix")?;
+    for link in [prefix.join("lib/libLLVM.so"), prefix.join("lib").join(&lib_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("link {}", link.display()))?;
+    }
+    eprintln!("setup: building bpf-linker against {lib_name} (about a minute and a half)");
+    run(Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features"])
+        .args(["--features", &format!("llvm-{major}")])
+        .arg("--root")
+        .arg(&root)
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn build(root: &Path) -> anyhow::Result<()> {
+    run(Command::new("cargo").current_dir(root).args(["build", "--release", "--package", "netpol-agent", "--bin", "netpol-agent"]))
+}
+
+fn agent_bin(root: &Path) -> PathBuf {
+    root.join("target/release/netpol-agent")
+}
+
+fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("note: not root: the privileged tests (eBPF, network namespaces) will skip, saying why");
+    }
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--workspace", "--exclude", "netpol-ebpf"])
+        .args(args)
+        .env("NETPOL_AGENT_BIN", agent_bin(root)))
+}
+
+fn demo(root: &Path, report: &Path) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
+    }
+    let report = if report.is_absolute() { report.to_path_buf() } else { root.join(report) };
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["run", "--release", "--quiet", "--package", "netpol-tests", "--bin", "netpol-demo", "--"])
+        .arg("--report")
+        .arg(&report)
+        .env("NETPOL_AGENT_BIN", agent_bin(root)))
+}
