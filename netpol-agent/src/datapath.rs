@@ -457,8 +457,7 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
     }
     let fs = nix::sys::statfs::statfs(dir)
         .map_err(|e| DatapathError::Fs { op: "statfs", path: dir.to_path_buf(), source: e.into() })?;
-    #[expect(clippy::unnecessary_cast, reason = "the field's integer type differs between libc targets")]
-    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+    if fs.filesystem_type().0 == BPF_FS_MAGIC {
         return Ok(());
     }
     nix::mount::mount(Some("bpffs"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)

@@ -68,12 +68,12 @@ impl Fixture {
     }
 
     /// Runs a frame leaving the local pod (its egress policy).
-    fn from_pod(&mut self, frame: &[u8]) -> u32 {
+    fn leaving_pod(&mut self, frame: &[u8]) -> u32 {
         self.run(PROG_FROM_POD, frame)
     }
 
     /// Runs a frame entering the local pod (its ingress policy).
-    fn to_pod(&mut self, frame: &[u8]) -> u32 {
+    fn entering_pod(&mut self, frame: &[u8]) -> u32 {
         self.run(PROG_TO_POD, frame)
     }
 
@@ -244,8 +244,8 @@ spec:
 #[test]
 fn a_pod_no_policy_selects_passes_everything() {
     let Some(mut f) = fixture(PODS, ("x", "a")) else { return };
-    assert_eq!(f.to_pod(&flow(YB, A, TCP, 40000, 81)), ALLOW);
-    assert_eq!(f.from_pod(&flow(A, YB, UDP, 40000, 53)), ALLOW);
+    assert_eq!(f.entering_pod(&flow(YB, A, TCP, 40000, 81)), ALLOW);
+    assert_eq!(f.leaving_pod(&flow(A, YB, UDP, 40000, 53)), ALLOW);
     assert_eq!(f.counter("allow_not_isolated"), 2);
 }
 
@@ -253,20 +253,20 @@ fn a_pod_no_policy_selects_passes_everything() {
 fn an_interface_that_is_no_pod_of_ours_is_not_policed() {
     let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "b")) else { return };
     // ifindex 1 is pod b here, which no policy isolates; a is not on this interface.
-    assert_eq!(f.to_pod(&flow(YB, B, TCP, 40000, 81)), ALLOW);
+    assert_eq!(f.entering_pod(&flow(YB, B, TCP, 40000, 81)), ALLOW);
 }
 
 #[test]
 fn an_ingress_rule_allows_only_its_peer_port_and_protocol() {
     let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
-    assert_eq!(f.to_pod(&flow(B, A, TCP, 40000, 80)), ALLOW, "b -> a:80/TCP is allowed");
-    assert_eq!(f.to_pod(&flow(B, A, TCP, 40000, 81)), DROP, "port 81 is not");
-    assert_eq!(f.to_pod(&flow(B, A, UDP, 40000, 80)), DROP, "UDP is not");
-    assert_eq!(f.to_pod(&flow(YB, A, TCP, 40000, 80)), DROP, "b of namespace y is not");
-    assert_eq!(f.to_pod(&flow(B, A, SCTP, 40000, 80)), ALLOW, "SCTP 80 is allowed");
-    assert_eq!(f.to_pod(&flow(B, A, SCTP, 40000, 81)), DROP, "SCTP 81 is not");
-    assert_eq!(f.to_pod(&flow(B6, A6, TCP, 40000, 80)), ALLOW, "IPv6 b -> a:80 too");
-    assert_eq!(f.to_pod(&flow(B6, A6, TCP, 40000, 81)), DROP);
+    assert_eq!(f.entering_pod(&flow(B, A, TCP, 40000, 80)), ALLOW, "b -> a:80/TCP is allowed");
+    assert_eq!(f.entering_pod(&flow(B, A, TCP, 40000, 81)), DROP, "port 81 is not");
+    assert_eq!(f.entering_pod(&flow(B, A, UDP, 40000, 80)), DROP, "UDP is not");
+    assert_eq!(f.entering_pod(&flow(YB, A, TCP, 40000, 80)), DROP, "b of namespace y is not");
+    assert_eq!(f.entering_pod(&flow(B, A, SCTP, 40000, 80)), ALLOW, "SCTP 80 is allowed");
+    assert_eq!(f.entering_pod(&flow(B, A, SCTP, 40000, 81)), DROP, "SCTP 81 is not");
+    assert_eq!(f.entering_pod(&flow(B6, A6, TCP, 40000, 80)), ALLOW, "IPv6 b -> a:80 too");
+    assert_eq!(f.entering_pod(&flow(B6, A6, TCP, 40000, 81)), DROP);
     assert_eq!(f.counter("drop_no_rule"), 5);
 }
 
@@ -282,30 +282,30 @@ spec:
   egress: [{to: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]
 "#;
     let Some(mut f) = fixture(&with_policy(policy), ("x", "a")) else { return };
-    assert_eq!(f.from_pod(&flow(A, B, TCP, 40000, 80)), ALLOW, "a -> b:80 opens");
+    assert_eq!(f.leaving_pod(&flow(A, B, TCP, 40000, 80)), ALLOW, "a -> b:80 opens");
     let reply = frame::ip(B, A, TCP, &frame::l4(TCP, 80, 40000, false));
-    assert_eq!(f.to_pod(&reply), ALLOW, "the reply passes a's ingress isolation");
+    assert_eq!(f.entering_pod(&reply), ALLOW, "the reply passes a's ingress isolation");
     assert_eq!(f.counter("allow_established"), 1);
-    assert_eq!(f.to_pod(&flow(B, A, TCP, 40001, 80)), DROP, "b cannot open a connection to a");
+    assert_eq!(f.entering_pod(&flow(B, A, TCP, 40001, 80)), DROP, "b cannot open a connection to a");
 }
 
 #[test]
 fn a_pod_cannot_send_with_another_source_address() {
     let Some(mut f) = fixture(PODS, ("x", "a")) else { return };
-    assert_eq!(f.from_pod(&flow(B, YB, TCP, 40000, 80)), DROP, "forged IPv4 source");
-    assert_eq!(f.from_pod(&flow("198.18.9.9", YB, UDP, 1, 53)), DROP, "random IPv4 source");
-    assert_eq!(f.from_pod(&flow(B6, "fd00:198:18:1::11", TCP, 40000, 80)), DROP, "forged IPv6 source");
-    assert_eq!(f.from_pod(&flow(A, YB, TCP, 40000, 80)), ALLOW, "its own address");
+    assert_eq!(f.leaving_pod(&flow(B, YB, TCP, 40000, 80)), DROP, "forged IPv4 source");
+    assert_eq!(f.leaving_pod(&flow("198.18.9.9", YB, UDP, 1, 53)), DROP, "random IPv4 source");
+    assert_eq!(f.leaving_pod(&flow(B6, "fd00:198:18:1::11", TCP, 40000, 80)), DROP, "forged IPv6 source");
+    assert_eq!(f.leaving_pod(&flow(A, YB, TCP, 40000, 80)), ALLOW, "its own address");
     assert_eq!(f.counter("drop_spoofed"), 3);
 }
 
 #[test]
 fn icmp_into_an_isolated_pod_needs_a_rule_without_ports() {
     let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
-    assert_eq!(f.to_pod(&flow(B, A, ICMP, 7, 0)), DROP, "a rule with ports does not allow ICMP");
+    assert_eq!(f.entering_pod(&flow(B, A, ICMP, 7, 0)), DROP, "a rule with ports does not allow ICMP");
     let no_ports = ALLOW_B_TCP_80.replace("    ports: [{port: 80}, {protocol: SCTP, port: 80}]\n", "");
     let Some(mut f) = fixture(&with_policy(&no_ports), ("x", "a")) else { return };
-    assert_eq!(f.to_pod(&flow(B, A, ICMP, 7, 0)), ALLOW, "a rule without ports does");
+    assert_eq!(f.entering_pod(&flow(B, A, ICMP, 7, 0)), ALLOW, "a rule without ports does");
 }
 
 #[test]
@@ -319,9 +319,9 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
     let Some(mut f) = fixture(&with_policy(deny), ("x", "a")) else { return };
     let mut ns = frame::l4(frame::ICMPV6, 0, 0, false);
     ns[0] = 135; // neighbour solicitation
-    assert_eq!(f.to_pod(&frame::ip("fe80::1", A6, frame::ICMPV6, &ns)), ALLOW);
-    assert_eq!(f.from_pod(&frame::ip("fe80::2", "ff02::1:ff00:1", frame::ICMPV6, &ns)), ALLOW, "from a link-local source");
-    assert_eq!(f.to_pod(&flow(B6, A6, TCP, 1000, 80)), DROP);
+    assert_eq!(f.entering_pod(&frame::ip("fe80::1", A6, frame::ICMPV6, &ns)), ALLOW);
+    assert_eq!(f.leaving_pod(&frame::ip("fe80::2", "ff02::1:ff00:1", frame::ICMPV6, &ns)), ALLOW, "from a link-local source");
+    assert_eq!(f.entering_pod(&flow(B6, A6, TCP, 1000, 80)), DROP);
 }
 
 #[test]
@@ -333,10 +333,10 @@ fn ports_are_found_behind_ipv6_extension_headers_and_long_chains_are_dropped() {
     let dst_opts = (60u8, vec![0u8, 0, 1, 4, 0, 0, 0, 0]);
     let tcp81 = frame::l4(TCP, 40000, 81, true);
     let tcp80 = frame::l4(TCP, 40000, 80, true);
-    assert_eq!(f.to_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &[opts.clone(), dst_opts.clone()], &tcp80)), ALLOW);
-    assert_eq!(f.to_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &[opts.clone(), dst_opts.clone()], &tcp81)), DROP);
+    assert_eq!(f.entering_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &[opts.clone(), dst_opts.clone()], &tcp80)), ALLOW);
+    assert_eq!(f.entering_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &[opts.clone(), dst_opts.clone()], &tcp81)), DROP);
     let long: Vec<(u8, Vec<u8>)> = std::iter::once(opts).chain(std::iter::repeat_n(dst_opts, 7)).collect();
-    assert_eq!(f.to_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &long, &tcp80)), DROP, "a chain past the parser's bound");
+    assert_eq!(f.entering_pod(&frame::ipv6(s.octets(), d.octets(), TCP, &long, &tcp80)), DROP, "a chain past the parser's bound");
     assert_eq!(f.counter("drop_ext_headers"), 1);
 }
 
@@ -345,11 +345,11 @@ fn later_fragments_follow_their_first_fragment() {
     let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
     let (b, a) = ([198, 18, 0, 11], [198, 18, 0, 10]);
     let more = 0x2000;
-    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 77, 0x20 | 0, &[0u8; 8])), DROP, "a later fragment with no first fragment");
-    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 78, more, &frame::l4(TCP, 40000, 81, true))), DROP, "first fragment to a denied port");
-    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 78, 3, &[0u8; 8])), DROP, "its later fragment");
-    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 79, more, &frame::l4(TCP, 40000, 80, true))), ALLOW, "first fragment to an allowed port");
-    assert_eq!(f.to_pod(&frame::ipv4(b, a, TCP, 79, 3, &[0u8; 8])), ALLOW, "its later fragment");
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 77, 0x20, &[0u8; 8])), DROP, "a later fragment with no first fragment");
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 78, more, &frame::l4(TCP, 40000, 81, true))), DROP, "first fragment to a denied port");
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 78, 3, &[0u8; 8])), DROP, "its later fragment");
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 79, more, &frame::l4(TCP, 40000, 80, true))), ALLOW, "first fragment to an allowed port");
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 79, 3, &[0u8; 8])), ALLOW, "its later fragment");
     assert_eq!(f.counter("drop_orphan_fragment"), 2);
 }
 
@@ -357,17 +357,17 @@ fn later_fragments_follow_their_first_fragment() {
 fn truncated_headers_are_dropped() {
     let Some(mut f) = fixture(PODS, ("x", "a")) else { return };
     let full = flow(B, A, TCP, 40000, 80);
-    assert_eq!(f.to_pod(&full[..14 + 20 + 2]), DROP, "TCP header cut short");
+    assert_eq!(f.entering_pod(&full[..14 + 20 + 2]), DROP, "TCP header cut short");
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x43;
-    assert_eq!(f.to_pod(&bad_ihl), DROP, "IHL below 5");
+    assert_eq!(f.entering_pod(&bad_ihl), DROP, "IHL below 5");
     assert_eq!(f.counter("drop_malformed"), 2);
 }
 
 #[test]
 fn an_allowed_flow_is_cut_when_its_policy_is_withdrawn() {
     let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
-    assert_eq!(f.to_pod(&flow(B, A, TCP, 40000, 80)), ALLOW);
+    assert_eq!(f.entering_pod(&flow(B, A, TCP, 40000, 80)), ALLOW);
     // Recompile without the allow rule but still isolated, and reconcile in place.
     let deny = ALLOW_B_TCP_80.replace("  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n    ports: [{port: 80}, {protocol: SCTP, port: 80}]\n", "  policyTypes: [Ingress]\n");
     let mut loaded = manifests::Loaded::default();
@@ -376,7 +376,7 @@ fn an_allowed_flow_is_cut_when_its_policy_is_withdrawn() {
     let ifaces = BTreeMap::from([(ObjectRef::new("x", "a"), PodInterface { ifindex: 1, name: "lo".into() })]);
     f.dp.apply_maps(&desired, &ifaces);
     let next = frame::ip(B, A, TCP, &frame::l4(TCP, 40000, 80, false));
-    assert_eq!(f.to_pod(&next), DROP, "the open connection's next packet");
+    assert_eq!(f.entering_pod(&next), DROP, "the open connection's next packet");
     assert_eq!(f.counter("drop_revoked"), 1);
     let _: IpAddr = A.parse().expect("addr");
 }
