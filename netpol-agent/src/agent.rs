@@ -58,6 +58,9 @@ pub struct Status {
     pub entries: BTreeMap<String, usize>,
 }
 
+/// How soon to look again while some local pod has no interface yet.
+const UNATTACHED_RESYNC: Duration = Duration::from_millis(250);
+
 /// Why a sync was scheduled.
 #[derive(Debug)]
 enum Trigger {
@@ -102,13 +105,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut status = Status::default();
     let mut seeded = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut tick = tokio::time::interval(cfg.resync);
+    let mut next_sync = tokio::time::Instant::now();
     info!(node = %cfg.node, manifests = %cfg.manifests.display(), pin_path = %cfg.pin_path.display(), "netpol agent started");
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(next_sync) => {}
             Some(trigger) = rx.recv() => {
                 debug!(?trigger, "sync scheduled");
                 // Debounce: a burst of file or link events becomes one sync.
@@ -117,11 +120,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             }
         }
         let started = Instant::now();
+        next_sync = tokio::time::Instant::now() + cfg.resync;
         if let Err(e) = sync(&cfg, &mut compiler, &mut datapath, &mut status, &mut seeded) {
             warn!(error = format!("{e:#}"), "sync failed; the last programmed state stays enforced");
             continue;
         }
         debug!(elapsed_ms = started.elapsed().as_millis() as u64, "synced");
+        // A pod's address is configured inside its own namespace, which raises no event here:
+        // while a local pod has no interface yet, look again soon.
+        if status.attached.len() < status.local_pods.len() {
+            next_sync = tokio::time::Instant::now() + UNATTACHED_RESYNC;
+        }
     }
     info!("netpol agent stopping; enforcement stays in place (pinned under {})", cfg.pin_path.display());
     drop(watcher);
