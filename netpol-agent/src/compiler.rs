@@ -127,7 +127,9 @@ pub struct Desired {
     pub cidrs: BTreeMap<CidrKey, u32>,
     /// Policy entries.
     pub policy: BTreeMap<PolicyEntryKey, PolicyValue>,
-    /// Rule ids (1-based) to their rules.
+    /// Rule ids (1-based) to their rules. A rule keeps its id for the compiler's lifetime and
+    /// ids are never reused, so this holds every rule the compiler has numbered, including
+    /// rules of policies since removed (their counters still name the right rule).
     pub rules: Vec<RuleRef>,
     /// Pod identities in use.
     pub identities: BTreeMap<u32, IdentityKey>,
@@ -174,6 +176,11 @@ pub struct Compiler {
     identities: Allocator<IdentityKey>,
     cidr_identities: Allocator<IpNet>,
     endpoints: Allocator<ObjectRef>,
+    /// Rule ids by (policy, direction, index): stable, so that a policy change does not
+    /// renumber (and so rewrite) the entries of endpoints it does not select.
+    rule_ids: Allocator<(ObjectRef, Direction, usize)>,
+    /// `rule_ids` in id order (id `n` is `rules[n - 1]`).
+    rules: Vec<RuleRef>,
 }
 
 impl Default for Compiler {
@@ -196,6 +203,8 @@ impl Compiler {
             identities: Allocator::new(IDENTITY_FIRST_POD),
             cidr_identities: Allocator::new(IDENTITY_FIRST_CIDR),
             endpoints: Allocator::new(1),
+            rule_ids: Allocator::new(1),
+            rules: Vec::new(),
         }
     }
 
@@ -260,7 +269,6 @@ impl Compiler {
         let local: Vec<&Pod> = state.pods.values().filter(|p| p.node == opts.node).collect();
         let local_refs: BTreeSet<ObjectRef> = local.iter().map(|p| p.id.clone()).collect();
         self.endpoints.retain(&local_refs);
-        let mut rule_ids: BTreeMap<(ObjectRef, Direction, usize), u32> = BTreeMap::new();
         for pod in local {
             let endpoint = self.endpoints.get(&pod.id);
             let selecting: Vec<&Policy> = state
@@ -280,10 +288,7 @@ impl Compiler {
                         continue;
                     }
                     for (index, rule) in rules.iter().enumerate() {
-                        let rule_id = *rule_ids.entry((policy.id.clone(), direction, index)).or_insert_with(|| {
-                            out.rules.push(RuleRef { policy: policy.id.to_string(), direction, index });
-                            u32::try_from(out.rules.len()).unwrap_or(u32::MAX)
-                        });
+                        let rule_id = self.rule_id(&policy.id, direction, index);
                         ctx.emit_rule(&mut out.policy, policy, direction, rule, rule_id);
                     }
                 }
@@ -309,7 +314,17 @@ impl Compiler {
                 },
             );
         }
+        out.rules.clone_from(&self.rules);
         out
+    }
+
+    /// The stable id of rule `index` of `policy`'s `direction` rules, numbering it if new.
+    fn rule_id(&mut self, policy: &ObjectRef, direction: Direction, index: usize) -> u32 {
+        let id = self.rule_ids.get(&(policy.clone(), direction, index));
+        if id as usize > self.rules.len() {
+            self.rules.push(RuleRef { policy: policy.to_string(), direction, index });
+        }
+        id
     }
 }
 
