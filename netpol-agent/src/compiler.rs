@@ -368,15 +368,26 @@ impl RuleContext<'_> {
                             peers.push((*id, None));
                         }
                     }
-                    // Named ports of egress peers resolve against pods: pods whose every address
-                    // lies in the block take part through their pod identity.
-                    if direction == Direction::Egress && has_named_port(rule) {
-                        for ident in self.identities {
-                            if !ident.ips.is_empty() && ident.ips.iter().all(|ip| cidr::addr_in_block(ip, block, except)) {
-                                peers.push((ident.id, Some(&ident.key.named_ports)));
-                            }
-                        }
-                    }
+                }
+            }
+        }
+        // Named ports of egress peers resolve against pods: pods whose every address lies in
+        // one of the rule's ipBlocks take part through their pod identity. Any of the blocks,
+        // since peers are ORed and one block has one family: a dual-stack pod is only ever
+        // covered by a pair of blocks.
+        let blocks: Vec<(&IpNet, &[IpNet])> = rule
+            .peers
+            .iter()
+            .filter_map(|p| match p {
+                Peer::IpBlock { cidr, except } => Some((cidr, except.as_slice())),
+                Peer::Pods { .. } => None,
+            })
+            .collect();
+        if direction == Direction::Egress && has_named_port(rule) && !blocks.is_empty() {
+            for ident in self.identities {
+                let covered = |ip: &IpAddr| blocks.iter().any(|(cidr, except)| cidr::addr_in_block(ip, cidr, except));
+                if !ident.ips.is_empty() && ident.ips.iter().all(covered) {
+                    peers.push((ident.id, Some(&ident.key.named_ports)));
                 }
             }
         }
