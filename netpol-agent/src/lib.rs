@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod cidr;
 pub mod compiler;
+#[cfg(test)]
+mod compiler_tests;
 pub mod datapath;
 pub mod eval;
 pub mod manifests;
