@@ -379,6 +379,13 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     if net.trunc() != net {
         return Err(format!("{s:?} has host bits set (did you mean {}?)", net.trunc()));
     }
+    // The maps store IPv4 as IPv4-mapped IPv6, so such a block would match IPv4 peers while
+    // being an IPv6 block; the API's strict CIDR validation rejects it too.
+    if let IpNet::V6(v6) = net {
+        if v6.prefix_len() >= 96 && v6.network().to_ipv4_mapped().is_some() {
+            return Err(format!("{s:?} is an IPv4-mapped IPv6 CIDR; write it as an IPv4 CIDR"));
+        }
+    }
     Ok(net)
 }
 
