@@ -860,6 +860,32 @@ spec:
             (OUT, "c/v", UDP, 54, DENY),
         ],
     );
+    // "If this field is empty or missing, this rule matches all sources": `from: []` too.
+    let c = cluster().with_policy(
+        r"
+metadata: {name: empty-lists, namespace: a}
+spec:
+  podSelector: {matchLabels: {pod: y}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: []
+    ports: [{port: 5432}]
+  egress:
+  - to: []
+    ports: []
+",
+    );
+    let net = c.compile();
+    net.expect(
+        "a/y",
+        &[
+            (IN, OUTSIDE, TCP, 5432, ALLOW),
+            (IN, "b/x", TCP, 5432, ALLOW),
+            (IN, OUTSIDE, TCP, 5433, DENY),
+            (OUT, OUTSIDE6, UDP, 1, ALLOW),
+            (OUT, OUTSIDE, ICMP, 0, ALLOW),
+        ],
+    );
 }
 
 #[test]
@@ -1792,6 +1818,16 @@ fn invalid_policies_are_reported_with_their_name_and_the_field() {
         ("a CIDR that is no address", "ingress: [{from: [{ipBlock: {cidr: not-a-cidr}}]}]", "spec.ingress[0].from[0].ipBlock.cidr"),
         ("a CIDR with host bits set", "egress: [{to: [{ipBlock: {cidr: 198.18.0.1/24}}]}]", "spec.egress[0].to[0].ipBlock.cidr"),
         (
+            "an IPv4-mapped IPv6 CIDR, which would match IPv4 peers",
+            "ingress: [{from: [{ipBlock: {cidr: '::ffff:203.0.113.0/120'}}]}]",
+            "spec.ingress[0].from[0].ipBlock.cidr",
+        ),
+        (
+            "an IPv4-mapped IPv6 except",
+            "ingress: [{from: [{ipBlock: {cidr: '::/0', except: ['::ffff:0:0/96']}}]}]",
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+        ),
+        (
             "an except outside the cidr",
             "ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/24, except: [198.18.1.0/25]}}]}]",
             "spec.ingress[0].from[0].ipBlock.except[0]",
@@ -1853,3 +1889,4 @@ fn invalid_policies_are_reported_with_their_name_and_the_field() {
         assert!(rest.starts_with(':') || rest.starts_with(' '), "{case}: names exactly {field}: {:?}", p.reason);
     }
 }
+
