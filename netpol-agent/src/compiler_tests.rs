@@ -1890,3 +1890,265 @@ fn invalid_policies_are_reported_with_their_name_and_the_field() {
     }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Random clusters against a reference reading of the spec.
+
+/// A small deterministic generator (xorshift64*), so failures reproduce from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % (n as u64)).expect("small")
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn random_selector(rng: &mut Rng, namespace: bool) -> crate::selector::Selector {
+    use crate::selector::{Requirement, Selector};
+    let s = |v: &str| v.to_string();
+    let pod_forms: Vec<Vec<Requirement>> = vec![
+        vec![],
+        vec![Requirement::In(s("app"), vec![s("web")])],
+        vec![Requirement::In(s("app"), vec![s("db")])],
+        vec![Requirement::In(s("app"), vec![s("web"), s("db")]), Requirement::Exists(s("tier"))],
+        vec![Requirement::NotIn(s("tier"), vec![s("front")])],
+        vec![Requirement::DoesNotExist(s("app"))],
+        vec![Requirement::In(s("tier"), vec![s("back")])],
+    ];
+    let ns_forms: Vec<Vec<Requirement>> = vec![
+        vec![],
+        vec![Requirement::In(s("team"), vec![s("alpha")])],
+        vec![Requirement::In(s("team"), vec![s("beta")])],
+        vec![Requirement::NotIn(s("env"), vec![s("prod")])],
+        vec![Requirement::In(s("kubernetes.io/metadata.name"), vec![s("d")])],
+        vec![Requirement::Exists(s("env")), Requirement::NotIn(s("team"), vec![s("beta")])],
+    ];
+    Selector { requirements: rng.pick(if namespace { &ns_forms } else { &pod_forms }).clone() }
+}
+
+fn random_cluster(seed: u64) -> Cluster {
+    use crate::model::{Peer, PortMatch, PortSpec, Protocol, Rule};
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut c = Cluster::empty().allow_host(rng.chance(50));
+    for name in ["a", "b", "c"] {
+        let mut labels = vec![];
+        if let Some(team) = rng.pick(&[Some("alpha"), Some("beta"), None]) {
+            labels.push(("team", *team));
+        }
+        if let Some(env) = rng.pick(&[Some("prod"), Some("dev"), None]) {
+            labels.push(("env", *env));
+        }
+        c = c.with_namespace(namespace(name, &labels));
+    }
+    let namespaces = ["a", "b", "c", "d"];
+    for i in 0..9_u8 {
+        let mut p = pod(*rng.pick(&namespaces), &format!("p{i}"));
+        p.ips.push(format!("198.18.0.{}", 10 + i));
+        if rng.chance(40) {
+            p.ips.push(format!("fd00:198:18::{}", 10 + i));
+        }
+        if rng.chance(50) {
+            p.node = OTHER_NODE.into();
+        }
+        if let Some(app) = rng.pick(&[Some("web"), Some("db"), None]) {
+            p = p.label("app", app);
+        }
+        if let Some(tier) = rng.pick(&[Some("front"), Some("back"), None]) {
+            p = p.label("tier", tier);
+        }
+        if rng.chance(60) {
+            p = p.port("http", *rng.pick(&[80, 8080, 8081]), "TCP");
+        }
+        if rng.chance(40) {
+            p = p.port("dns", 53, *rng.pick(&["UDP", "TCP"]));
+        }
+        c = c.with_pod(p);
+    }
+    let net = |s: &str| s.parse::<ipnet::IpNet>().expect("test CIDR");
+    let blocks: Vec<(ipnet::IpNet, Vec<ipnet::IpNet>)> = vec![
+        (net("198.18.0.0/15"), vec![net("198.18.0.0/28")]),
+        (net("198.18.0.0/28"), vec![]),
+        (net("198.18.0.12/30"), vec![net("198.18.0.13/32")]),
+        (net("203.0.113.0/24"), vec![net("203.0.113.128/25")]),
+        (net("0.0.0.0/0"), vec![net("198.18.0.0/15")]),
+        (net("::/0"), vec![]),
+        (net("fd00:198:18::/48"), vec![net("fd00:198:18::10/126")]),
+    ];
+    let n_policies = 1 + rng.below(4);
+    for i in 0..n_policies {
+        let ns = rng.pick(&["a", "b", "c"]).to_string();
+        let rules = |rng: &mut Rng, egress: bool| -> Vec<Rule> {
+            (0..rng.below(3))
+                .map(|_| {
+                    let mut peers: Vec<Peer> = (0..rng.below(3))
+                        .map(|_| match rng.below(4) {
+                            0 => Peer::Pods { namespaces: None, pods: random_selector(rng, false) },
+                            1 => Peer::Pods { namespaces: Some(random_selector(rng, true)), pods: Default::default() },
+                            2 => Peer::Pods { namespaces: Some(random_selector(rng, true)), pods: random_selector(rng, false) },
+                            _ => {
+                                let (cidr, except) = rng.pick(&blocks).clone();
+                                Peer::IpBlock { cidr, except }
+                            }
+                        })
+                        .collect();
+                    let has_block = peers.iter().any(|p| matches!(p, Peer::IpBlock { .. }));
+                    let ports: Vec<PortMatch> = (0..rng.below(3))
+                        .map(|_| {
+                            let protocol = *rng.pick(&[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp]);
+                            let port = match rng.below(4) {
+                                0 => PortSpec::All,
+                                1 => PortSpec::Range(*rng.pick(&[53, 80, 8080]), 0),
+                                2 => PortSpec::Range(8000, 8080),
+                                // Named ports towards ipBlocks: see the known limitation above.
+                                _ if egress && has_block => PortSpec::Range(80, 80),
+                                _ => PortSpec::Named(rng.pick(&["http", "dns", "grpc"]).to_string()),
+                            };
+                            let port = match port {
+                                PortSpec::Range(lo, 0) => PortSpec::Range(lo, lo),
+                                other => other,
+                            };
+                            PortMatch { protocol, port }
+                        })
+                        .collect();
+                    if rng.chance(10) {
+                        peers.clear();
+                    }
+                    Rule { peers, ports }
+                })
+                .collect()
+        };
+        let ingress = rules(&mut rng, false);
+        let egress = rules(&mut rng, true);
+        let (isolates_ingress, isolates_egress) = match rng.below(4) {
+            0 => (true, !egress.is_empty()),
+            1 => (true, false),
+            2 => (false, true),
+            _ => (true, true),
+        };
+        let p = Policy {
+            id: ObjectRef::new(ns, format!("np{i}")),
+            pod_selector: random_selector(&mut rng, false),
+            isolates_ingress,
+            isolates_egress,
+            ingress,
+            egress,
+        };
+        c.state.policies.insert(p.id.clone(), p);
+    }
+    c
+}
+
+/// The spec read directly off the model, flow by flow, with no identities or maps.
+fn spec_allows(c: &Cluster, pod: &Pod, flow: &Flow) -> bool {
+    use crate::model::{Peer, PortSpec};
+    let state = &c.state;
+    let peer_pod = state.pods.values().find(|p| p.ips.contains(&flow.peer));
+    let isolating: Vec<&Policy> = state
+        .policies
+        .values()
+        .filter(|p| p.id.namespace == pod.id.namespace && p.pod_selector.matches(&pod.labels))
+        .filter(|p| if flow.direction == IN { p.isolates_ingress } else { p.isolates_egress })
+        .collect();
+    if isolating.is_empty() {
+        return true;
+    }
+    if flow.direction == IN && c.opts.allow_host && c.opts.host_ips.contains(&flow.peer) {
+        return true;
+    }
+    isolating.iter().any(|policy| {
+        let rules = if flow.direction == IN { &policy.ingress } else { &policy.egress };
+        rules.iter().any(|rule| {
+            let peer_ok = rule.peers.is_empty()
+                || rule.peers.iter().any(|peer| match peer {
+                    Peer::Pods { namespaces, pods } => peer_pod.is_some_and(|pp| {
+                        let ns_ok = match namespaces {
+                            None => pp.id.namespace == policy.id.namespace,
+                            Some(sel) => sel.matches(&state.namespace_labels(&pp.id.namespace)),
+                        };
+                        ns_ok && pods.matches(&pp.labels)
+                    }),
+                    Peer::IpBlock { cidr, except } => cidr.contains(&flow.peer) && !except.iter().any(|e| e.contains(&flow.peer)),
+                });
+            let port_ok = rule.ports.is_empty()
+                || rule.ports.iter().any(|pm| {
+                    pm.protocol.number() == flow.protocol
+                        && match &pm.port {
+                            PortSpec::All => true,
+                            PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&flow.port),
+                            PortSpec::Named(name) => {
+                                let owner = if flow.direction == IN { Some(pod) } else { peer_pod };
+                                owner.is_some_and(|o| {
+                                    o.named_ports.iter().any(|np| np.name == *name && np.protocol == pm.protocol && np.port == flow.port)
+                                })
+                            }
+                        }
+                });
+            peer_ok && port_ok
+        })
+    })
+}
+
+#[test]
+fn random_clusters_compile_to_the_verdicts_of_the_spec() {
+    let outside: Vec<IpAddr> =
+        ["203.0.113.7", "203.0.113.200", "198.51.100.1", "2001:db8::7", "198.18.200.1", "fd00:198:18::13"]
+            .iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+    let mut checked = 0_usize;
+    let mut allowed = 0_usize;
+    for seed in 0..300 {
+        let c = random_cluster(seed);
+        // A compiler that has numbered another cluster before, as a long-running agent's has;
+        // then this cluster twice: the second time with the numbers of the first.
+        let mut compiler = Compiler::new();
+        let _ = random_cluster(seed + 1000).compile_with(&mut compiler);
+        let first = c.compile_with(&mut compiler).desired;
+        let net = c.compile_with(&mut compiler);
+        assert_eq!(first, net.desired, "seed {seed}: recompiling changes nothing");
+        let mut peers: Vec<IpAddr> = c.state.pods.values().flat_map(|p| p.ips.iter().copied()).collect();
+        peers.extend(c.opts.host_ips.iter().copied());
+        peers.extend(outside.iter().copied());
+        for pod in c.state.pods.values().filter(|p| p.node == NODE) {
+            for direction in [IN, OUT] {
+                for peer in &peers {
+                    for (protocol, port) in
+                        [(TCP, 80), (TCP, 8080), (TCP, 8081), (TCP, 8000), (TCP, 53), (UDP, 53), (UDP, 80), (SCTP, 80), (ICMP, 0), (ICMPV6, 0)]
+                    {
+                        let flow = Flow { direction, peer: *peer, protocol, port };
+                        let want = spec_allows(&c, pod, &flow);
+                        let got = allows(&net.desired, &pod.id, &flow).expect("local endpoint");
+                        assert_eq!(
+                            got, want,
+                            "seed {seed}: {} {flow:?}\npolicies: {:#?}\npods: {:#?}\nallow_host: {}",
+                            pod.id, c.state.policies, c.state.pods, c.opts.allow_host
+                        );
+                        let ep = net.endpoint(&format!("{}/{}", pod.id.namespace, pod.id.name));
+                        if if direction == IN { ep.ingress_isolated } else { ep.egress_isolated } {
+                            checked += 1;
+                            allowed += usize::from(got);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // The generator must exercise both answers where it matters: on isolated endpoints.
+    println!("{allowed} of {checked} flows of isolated endpoints allowed");
+    assert!(checked > 50_000 && allowed > checked / 5 && allowed < checked * 4 / 5, "{allowed} of {checked} flows allowed");
+}
