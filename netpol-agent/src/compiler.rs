@@ -266,7 +266,7 @@ impl Compiler {
         }
 
         // Local endpoints and their policy entries.
-        let local: Vec<&Pod> = state.pods.values().filter(|p| p.node == opts.node).collect();
+        let local: Vec<&Pod> = state.pods.values().filter(|p| !opts.node.is_empty() && p.node == opts.node).collect();
         let local_refs: BTreeSet<ObjectRef> = local.iter().map(|p| p.id.clone()).collect();
         self.endpoints.retain(&local_refs);
         for pod in local {

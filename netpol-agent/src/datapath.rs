@@ -255,6 +255,10 @@ impl Datapath {
                 }
             }
         }
+        // A peer address whose identity changes or goes away may revoke open flows of every
+        // endpoint; a new address only adds identities, and policies only add allows.
+        let identities_changed = self.cur_cidrs.iter().any(|(k, id)| desired.cidrs.get(k) != Some(id))
+            || self.cur_ipcache.iter().any(|(k, id)| desired.ipcache.get(k) != Some(id));
         for (k, id) in &desired.cidrs {
             if self.cur_cidrs.get(k) != Some(id) {
                 match self.cidrs.insert(&Key::new(k.prefix_len, k.addr), IdentityValue { identity: *id }, 0) {
@@ -326,7 +330,7 @@ impl Datapath {
         // 4. Generation bumps: flows allowed under an older policy are checked again.
         for (ifindex, (fp, plan)) in &wanted {
             let (old_fp, generation) = self.fingerprints.get(&plan.id).copied().unwrap_or((0, 0));
-            if old_fp != *fp {
+            if old_fp != *fp || identities_changed {
                 let generation = generation.wrapping_add(1).max(1);
                 self.fingerprints.insert(plan.id, (*fp, generation));
                 self.write_endpoint(*ifindex, endpoint_info(plan, generation), &mut stats);
@@ -500,16 +504,13 @@ pub fn endpoint_info(plan: &EndpointPlan, generation: u32) -> EndpointInfo {
     }
 }
 
-/// A fingerprint of everything that decides an endpoint's verdicts: its isolation and entries.
+/// A fingerprint of the endpoint's own part of its verdicts: its isolation and policy entries
+/// (the peers' identities are checked separately, for all endpoints at once).
 fn fingerprint(desired: &Desired, plan: &EndpointPlan) -> u64 {
     let mut h = DefaultHasher::new();
     (plan.ingress_isolated, plan.egress_isolated).hash(&mut h);
     for (k, v) in desired.entries_of(plan.id) {
         (k.prefix_len, k.key, v.action, v.tier).hash(&mut h);
     }
-    // The identities behind the entries can change meaning only through the ipcache and the
-    // CIDR regions, which are part of what the endpoint's decisions depend on.
-    desired.ipcache.hash(&mut h);
-    desired.cidrs.hash(&mut h);
     h.finish()
 }
