@@ -194,3 +194,111 @@ fn add_object(value: serde_yaml::Value, at: &str, loaded: &mut Loaded, seen: &mu
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(files: &[(&str, &str)]) -> Dir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "netpol-manifests-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        for (name, text) in files {
+            let path = d.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        Dir(d)
+    }
+
+    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: a}}\n";
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {podIP: 198.18.0.10}\n";
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
+
+    #[test]
+    fn several_documents_per_file_subdirectories_and_json_are_read() {
+        let json = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"j","namespace":"x"},"spec":{"podSelector":{}}}"#;
+        let d = dir(&[("a.yaml", &format!("{NS}---\n{POD}")), ("sub/deeper/p.yml", POLICY), ("q.json", json), ("notes.txt", "not: yaml: [")]);
+        let l = load_dir(&d.0).unwrap();
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(l.state.namespaces["x"].labels["team"], "a");
+        assert_eq!(l.state.namespaces["x"].labels["kubernetes.io/metadata.name"], "x");
+        assert_eq!(l.state.pods.len(), 1);
+        assert_eq!(l.state.policies.len(), 2);
+    }
+
+    #[test]
+    fn a_list_object_contributes_its_items() {
+        let list = format!("apiVersion: v1\nkind: List\nitems:\n- {}\n", POLICY.replace('\n', "\n  ").trim_end());
+        let d = dir(&[("list.yaml", &list)]);
+        let l = load_dir(&d.0).unwrap();
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(l.state.policies.len(), 1);
+    }
+
+    #[test]
+    fn malformed_yaml_is_reported_with_its_file_and_the_other_files_still_count() {
+        let d = dir(&[("bad.yaml", "kind: NetworkPolicy\nmetadata: {name: [unclosed\n"), ("good.yaml", POLICY)]);
+        let l = load_dir(&d.0).unwrap();
+        assert_eq!(l.state.policies.len(), 1);
+        assert_eq!(l.problems.len(), 1);
+        assert!(l.problems[0].object.contains("bad.yaml"), "{:?}", l.problems);
+        assert!(l.problems[0].reason.contains("malformed YAML"), "{:?}", l.problems);
+    }
+
+    #[test]
+    fn a_duplicate_object_is_reported_and_the_first_definition_kept() {
+        let second = POLICY.replace("podSelector: {}", "podSelector: {matchLabels: {a: b}}");
+        let d = dir(&[("1.yaml", POLICY), ("2.yaml", &second)]);
+        let l = load_dir(&d.0).unwrap();
+        assert_eq!(l.problems.len(), 1, "{:?}", l.problems);
+        assert_eq!(l.problems[0].object, "NetworkPolicy x/p");
+        assert!(l.problems[0].reason.contains("duplicate"));
+        assert!(l.state.policies.values().next().unwrap().pod_selector.is_everything());
+    }
+
+    #[test]
+    fn an_invalid_policy_is_left_out_with_its_name_and_reason_and_the_rest_is_kept() {
+        let bad_cidr = POLICY.replace("name: p", "name: bad-cidr").replace("spec: {podSelector: {}}", "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/33}}]}]}");
+        let bad_proto = POLICY.replace("name: p", "name: bad-proto").replace("spec: {podSelector: {}}", "spec: {podSelector: {}, ingress: [{ports: [{protocol: ICMP}]}]}");
+        let d = dir(&[("p.yaml", &format!("{POLICY}---\n{bad_cidr}---\n{bad_proto}"))]);
+        let l = load_dir(&d.0).unwrap();
+        assert_eq!(l.state.policies.len(), 1);
+        let objects: Vec<&str> = l.problems.iter().map(|p| p.object.as_str()).collect();
+        assert_eq!(objects, ["NetworkPolicy x/bad-cidr", "NetworkPolicy x/bad-proto"]);
+        assert!(l.problems[0].reason.contains("ipBlock.cidr"), "{}", l.problems[0].reason);
+        assert!(l.problems[1].reason.contains("unknown protocol"), "{}", l.problems[1].reason);
+    }
+
+    #[test]
+    fn objects_of_other_kinds_are_ignored_and_missing_namespaces_default() {
+        let deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n";
+        let no_ns = POLICY.replace("namespace: x", "").replace("metadata: {name: p, }", "metadata: {name: p}");
+        let d = dir(&[("d.yaml", deploy), ("p.yaml", &no_ns)]);
+        let l = load_dir(&d.0).unwrap();
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(l.state.policies.keys().next().unwrap().namespace, "default");
+    }
+
+    #[test]
+    fn the_digest_changes_with_content_and_matches_digest_dir() {
+        let d = dir(&[("p.yaml", POLICY)]);
+        let first = load_dir(&d.0).unwrap().digest;
+        assert_eq!(first, digest_dir(&d.0).unwrap());
+        std::fs::write(d.0.join("p.yaml"), POLICY.replace("name: p", "name: q")).unwrap();
+        let second = load_dir(&d.0).unwrap().digest;
+        assert_ne!(first, second);
+        assert_eq!(second, digest_dir(&d.0).unwrap());
+    }
+}
