@@ -1,0 +1,132 @@
+//! The real agent binary, run in a node's network namespace with its own pin path and status
+//! file; killed, and its pins removed, on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::netns;
+
+/// A running agent.
+pub struct Agent {
+    child: Child,
+    /// Its pin path (removed on drop).
+    pub pin_path: PathBuf,
+    /// Its status file.
+    pub status_file: PathBuf,
+    /// Its log (stderr).
+    pub log: PathBuf,
+    manifests: PathBuf,
+}
+
+/// The agent binary: `$NETPOL_AGENT_BIN`, or the workspace's release build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("NETPOL_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/netpol-agent"))
+}
+
+impl Agent {
+    /// Starts the agent for node `node` (its netns name is its node name) on `manifests`.
+    pub fn start(node: &str, manifests: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let bin = agent_bin();
+        anyhow::ensure!(bin.is_file(), "no agent binary at {} (run `cargo xtask build`)", bin.display());
+        let id = netns::unique("netpol-test-");
+        let pin_path = PathBuf::from("/sys/fs/bpf").join(&id);
+        let status_file = std::env::temp_dir().join(format!("{id}.status.json"));
+        let log = std::env::temp_dir().join(format!("{id}.log"));
+        let stderr = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns::path(node)))
+            .arg("--")
+            .arg(&bin)
+            .args(["--log-format", "text", "run", "--node-name", node, "--resync-seconds", "2"])
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--pin-path")
+            .arg(&pin_path)
+            .arg("--status-file")
+            .arg(&status_file)
+            .args(extra_args)
+            .env("RUST_LOG", "info,netlink_packet_route=error")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("start the agent")?;
+        Ok(Self { child, pin_path, status_file, log, manifests: manifests.to_path_buf() })
+    }
+
+    /// The last status the agent wrote, if any.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(&self.status_file).ok()?).ok()
+    }
+
+    /// Waits until the agent has applied the manifests as they are now and attached to every
+    /// local pod. On timeout, fails with the tail of the agent's log.
+    pub fn wait_synced(&mut self, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let digest = netpol_agent::manifests::digest_dir(&self.manifests)?;
+            if let Some(status) = self.status() {
+                let attached = status["attached"].as_array().map_or(0, Vec::len);
+                let local = status["local_pods"].as_array().map_or(0, Vec::len);
+                if status["manifest_digest"] == digest.as_str() && attached == local {
+                    return Ok(status);
+                }
+            }
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                anyhow::bail!("the agent exited ({exit}):\n{}", self.log_tail());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("the agent did not sync within {timeout:?}; status {:?}\nlog:\n{}", self.status(), self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of the agent's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the agent with SIGTERM (it leaves enforcement in place) and waits for it.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.pin_path);
+        let _ = std::fs::remove_file(&self.status_file);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("agent log ({}):\n{}", self.log.display(), self.log_tail());
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! A sandbox cluster: nodes, pods with servers, the manifests describing them, and an agent per
+//! node. Dropping it stops the agents, the servers, and deletes every namespace it made.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use crate::{
+    agent::Agent,
+    manifests::{ManifestDir, PodManifest},
+    node::{Node, Pod, Shape},
+    probe::{self, Protocol, Target},
+    servers::{self, Servers},
+};
+
+/// Labels, as (key, value) pairs.
+pub type Labels<'a> = &'a [(&'a str, &'a str)];
+
+fn labels(l: Labels<'_>) -> BTreeMap<String, String> {
+    l.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
+}
+
+struct PodEntry {
+    manifest: PodManifest,
+    node: usize,
+    servers: Servers,
+}
+
+/// A sandbox cluster. Fields drop in order: agents first, then servers, manifests, nodes.
+pub struct Cluster {
+    agents: Vec<Option<Agent>>,
+    pods: Vec<PodEntry>,
+    /// The manifest directory every agent watches.
+    pub manifests: ManifestDir,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    policies: Vec<String>,
+}
+
+/// How long to wait for an agent to apply a change.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Cluster {
+    /// A cluster with one node per shape given.
+    pub fn new(shapes: &[Shape]) -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        for s in shapes {
+            nodes.push(Node::new(*s)?);
+        }
+        Ok(Self {
+            agents: nodes.iter().map(|_| None).collect(),
+            pods: Vec::new(),
+            manifests: ManifestDir::new()?,
+            nodes,
+            namespaces: BTreeMap::new(),
+            policies: Vec::new(),
+        })
+    }
+
+    /// Adds (or relabels) a namespace and rewrites the manifests.
+    pub fn namespace(&mut self, name: &str, l: Labels<'_>) -> anyhow::Result<()> {
+        self.namespaces.insert(name.to_string(), labels(l));
+        self.write_cluster()
+    }
+
+    /// Adds a pod on node `node` with servers on its `ports` ((name, port, "TCP"|"UDP"|"SCTP")),
+    /// and rewrites the manifests.
+    pub fn add_pod(&mut self, node: usize, namespace: &str, name: &str, l: Labels<'_>, ports: &[(&str, u16, &str)]) -> anyhow::Result<Pod> {
+        let pod = self.nodes[node].add_pod(namespace, name)?;
+        let tcp: Vec<u16> = ports.iter().filter(|p| p.2 == "TCP").map(|p| p.1).collect();
+        let udp: Vec<u16> = ports.iter().filter(|p| p.2 == "UDP").map(|p| p.1).collect();
+        let servers = servers::start(&pod.netns, &tcp, &udp, &format!("{namespace}/{name}\n"))?;
+        self.pods.push(PodEntry {
+            manifest: PodManifest {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                labels: labels(l),
+                node: self.nodes[node].netns.clone(),
+                ips: vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)],
+                ports: ports.iter().map(|(n, p, proto)| ((*n).to_string(), *p, (*proto).to_string())).collect(),
+            },
+            node,
+            servers,
+        });
+        self.write_cluster()?;
+        Ok(pod)
+    }
+
+    /// Removes a pod (its namespace and manifest).
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let i = self.index(namespace, name);
+        let entry = self.pods.remove(i);
+        self.write_cluster()?;
+        self.nodes[entry.node].remove_pod(namespace, name)
+    }
+
+    /// Replaces a pod's labels in the manifests.
+    pub fn set_pod_labels(&mut self, namespace: &str, name: &str, l: Labels<'_>) -> anyhow::Result<()> {
+        let i = self.index(namespace, name);
+        self.pods[i].manifest.labels = labels(l);
+        self.write_cluster()
+    }
+
+    /// Replaces every policy.
+    pub fn set_policies(&mut self, policies: &[String]) -> anyhow::Result<()> {
+        self.policies = policies.to_vec();
+        self.manifests.write_policies(&self.policies)
+    }
+
+    fn index(&self, namespace: &str, name: &str) -> usize {
+        self.pods
+            .iter()
+            .position(|p| p.manifest.namespace == namespace && p.manifest.name == name)
+            .unwrap_or_else(|| panic!("no pod {namespace}/{name}"))
+    }
+
+    fn write_cluster(&self) -> anyhow::Result<()> {
+        let pods: Vec<PodManifest> = self.pods.iter().map(|p| p.manifest.clone()).collect();
+        self.manifests.write_cluster(&self.namespaces, &pods)
+    }
+
+    /// Starts the agent of node `node`.
+    pub fn start_agent(&mut self, node: usize, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.agents[node] = Some(Agent::start(&self.nodes[node].netns, self.manifests.path(), extra_args)?);
+        Ok(())
+    }
+
+    /// The agent of node `node`.
+    pub fn agent(&mut self, node: usize) -> &mut Agent {
+        self.agents[node].as_mut().unwrap_or_else(|| panic!("no agent on node {node}"))
+    }
+
+    /// Stops and forgets the agent of node `node` (pins are removed; see [`Agent`]).
+    pub fn drop_agent(&mut self, node: usize) {
+        self.agents[node] = None;
+    }
+
+    /// Waits until every running agent has applied the manifests as they are now.
+    pub fn sync(&mut self) -> anyhow::Result<()> {
+        for agent in self.agents.iter_mut().flatten() {
+            agent.wait_synced(SYNC_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// A pod's addresses and namespace.
+    pub fn pod(&self, namespace: &str, name: &str) -> &Pod {
+        let e = &self.pods[self.index(namespace, name)];
+        self.nodes[e.node].pod(namespace, name)
+    }
+
+    /// The probe target of a pod's port.
+    pub fn target(&self, namespace: &str, name: &str, port: u16, protocol: Protocol, ipv6: bool) -> Target {
+        let pod = self.pod(namespace, name);
+        let sink = &self.pods[self.index(namespace, name)].servers.sctp;
+        Target {
+            addr: if ipv6 { IpAddr::V6(pod.ipv6) } else { IpAddr::V4(pod.ipv4) },
+            port,
+            protocol,
+            sctp_sink: Some(sink.clone()),
+        }
+    }
+
+    /// Probes a pod's port from another pod.
+    pub fn probe(&self, from: (&str, &str), to: (&str, &str), port: u16, protocol: Protocol, ipv6: bool) -> bool {
+        probe::probe(&self.pod(from.0, from.1).netns, &self.target(to.0, to.1, port, protocol, ipv6))
+    }
+
+    /// All pods, as (namespace, name).
+    pub fn pod_names(&self) -> Vec<(String, String)> {
+        self.pods.iter().map(|p| (p.manifest.namespace.clone(), p.manifest.name.clone())).collect()
+    }
+}

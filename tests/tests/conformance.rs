@@ -1,0 +1,291 @@
+//! The conformance matrix on real namespaces, in the style of the upstream Kubernetes e2e
+//! NetworkPolicy tests: namespaces x, y, z; pods a, b, c; servers on 80 and 81 over TCP, UDP
+//! and SCTP; every case's expected reachability an explicit truth table (see `cases.rs`). Run
+//! on both node shapes: a bridge (Flannel's cni0) and routed /32 veths (kindnet).
+
+#[path = "conformance/cases.rs"]
+mod cases;
+
+use std::collections::BTreeMap;
+
+use cases::{Case, Probe, CASES};
+use netpol_sandbox::{privileged, probe, Cluster, Protocol, Shape};
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 3] = ["a", "b", "c"];
+const PORTS: &[(&str, u16, &str)] = &[
+    ("serve-80-tcp", 80, "TCP"),
+    ("serve-81-tcp", 81, "TCP"),
+    ("serve-80-udp", 80, "UDP"),
+    ("serve-81-udp", 81, "UDP"),
+    ("serve-80-sctp", 80, "SCTP"),
+    ("serve-81-sctp", 81, "SCTP"),
+];
+
+/// The upstream layout on one node of `shape`, with the agent running and synced.
+fn xyz(shape: Shape) -> Cluster {
+    let mut c = Cluster::new(&[shape]).expect("node");
+    for ns in NAMESPACES {
+        c.namespace(ns, &[("ns", ns)]).expect("namespace");
+        for pod in PODS {
+            c.add_pod(0, ns, pod, &[("pod", pod)], PORTS).expect("pod");
+        }
+    }
+    c.start_agent(0, &[]).expect("agent");
+    c.sync().expect("first sync");
+    c
+}
+
+/// Fills `{x/b}`, `{x/b6}` and `{x/b/24}` placeholders with the sandbox's addresses.
+fn render(c: &Cluster, policy: &str) -> String {
+    let mut out = policy.to_string();
+    for ns in NAMESPACES {
+        for pod in PODS {
+            let p = c.pod(ns, pod);
+            let o = p.ipv4.octets();
+            out = out
+                .replace(&format!("{{{ns}/{pod}/24}}"), &format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
+                .replace(&format!("{{{ns}/{pod}6}}"), &p.ipv6.to_string())
+                .replace(&format!("{{{ns}/{pod}}}"), &p.ipv4.to_string());
+        }
+    }
+    out
+}
+
+fn all_pods() -> Vec<(&'static str, &'static str)> {
+    NAMESPACES.iter().flat_map(|ns| PODS.iter().map(move |p| (*ns, *p))).collect()
+}
+
+/// Parses a truth table into `expected[from][to]`.
+fn parse_table(table: &str) -> Vec<Vec<bool>> {
+    let rows: Vec<Vec<bool>> =
+        table.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split_whitespace().map(|c| c == ".").collect()).collect();
+    assert!(rows.len() == 9 && rows.iter().all(|r| r.len() == 9), "a truth table is 9 x 9:\n{table}");
+    rows
+}
+
+/// Probes every pair but the diagonal; returns the number of probes and a report of the cells
+/// that differ from the table.
+fn check(c: &Cluster, p: Probe, table: &str) -> (usize, Option<String>) {
+    let expected = parse_table(table);
+    let pods = all_pods();
+    let protocol = Protocol::parse(p.protocol);
+    let mut probes = Vec::new();
+    let mut cells = Vec::new();
+    for (i, from) in pods.iter().enumerate() {
+        for (j, to) in pods.iter().enumerate() {
+            if i != j {
+                probes.push((c.pod(from.0, from.1).netns.clone(), c.target(to.0, to.1, p.port, protocol, p.ipv6)));
+                cells.push((i, j));
+            }
+        }
+    }
+    let results = probe::probe_many(&probes);
+    let mut actual = vec![vec![true; 9]; 9];
+    for ((i, j), ok) in cells.iter().zip(&results) {
+        actual[*i][*j] = *ok;
+    }
+    if actual == expected {
+        return (probes.len(), None);
+    }
+    let mut report = format!("{} {} (ipv6: {}): expected | measured (rows: from, columns: to)\n", p.protocol, p.port, p.ipv6);
+    for (i, from) in pods.iter().enumerate() {
+        let cell = |v: &Vec<Vec<bool>>, j: usize| if v[i][j] { '.' } else { 'X' };
+        let e: String = (0..9).map(|j| cell(&expected, j)).collect();
+        let a: String = (0..9).map(|j| cell(&actual, j)).collect();
+        report.push_str(&format!("{:>4}  {e} | {a}{}\n", format!("{}/{}", from.0, from.1), if e == a { "" } else { "   <-" }));
+    }
+    (probes.len(), Some(report))
+}
+
+fn run_cases(shape: Shape) {
+    if !privileged() {
+        return;
+    }
+    let mut c = xyz(shape);
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for case in CASES {
+        let Case { name, policies, tables } = case;
+        let rendered: Vec<String> = policies.iter().map(|p| render(&c, p)).collect();
+        c.set_policies(&rendered).expect("write policies");
+        c.sync().expect("agent applies the case");
+        let status = c.agent(0).status().expect("status");
+        assert_eq!(status["problems"], serde_json::json!([]), "{name}: the case's policies are valid");
+        for (p, table) in *tables {
+            let (n, report) = check(&c, *p, table);
+            total += n;
+            if let Some(r) = report {
+                failures.push(format!("{name}\n{r}"));
+            }
+        }
+    }
+    eprintln!("{shape:?}: {} cases, {total} probes, {} tables wrong", CASES.len(), failures.len());
+    assert!(failures.is_empty(), "{} tables differ:\n\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn conformance_matrix_on_a_bridge_node() {
+    run_cases(Shape::Bridge);
+}
+
+#[test]
+fn conformance_matrix_on_a_routed_node() {
+    run_cases(Shape::Routed);
+}
+
+fn policy(name: &str, spec: &str) -> String {
+    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec:\n{spec}")
+}
+
+/// A TCP connection held open from one pod to another, to see whether it keeps working.
+struct OpenConnection(std::net::TcpStream);
+
+impl OpenConnection {
+    fn open(c: &Cluster, from: (&str, &str), to: (&str, &str)) -> Self {
+        let target = c.pod(to.0, to.1).ipv4;
+        let stream = netpol_sandbox::netns::within(&c.pod(from.0, from.1).netns, || {
+            std::net::TcpStream::connect_timeout(&(target, 80).into(), std::time::Duration::from_secs(1))
+        })
+        .expect("netns")
+        .expect("the connection opens");
+        stream.set_read_timeout(Some(std::time::Duration::from_millis(700))).expect("timeout");
+        let mut conn = Self(stream);
+        let mut banner = [0u8; 64];
+        assert!(std::io::Read::read(&mut conn.0, &mut banner).expect("banner") > 0);
+        conn
+    }
+
+    /// Sends a line and waits for its echo.
+    fn works(&mut self) -> bool {
+        use std::io::{Read as _, Write as _};
+        if self.0.write_all(b"ping\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 16];
+        matches!(self.0.read(&mut buf), Ok(n) if n > 0)
+    }
+}
+
+#[test]
+fn policy_updates_apply_while_running_and_cut_or_keep_open_connections() {
+    if !privileged() {
+        return;
+    }
+    for shape in [Shape::Bridge, Shape::Routed] {
+        let mut c = xyz(shape);
+        let tcp = |c: &Cluster, from: &str| c.probe(("x", from), ("x", "a"), 80, Protocol::Tcp, false);
+        let mut held = OpenConnection::open(&c, ("x", "b"), ("x", "a"));
+        assert!(held.works());
+
+        // Add: only x/b may reach x/a. The open connection from x/b keeps working.
+        c.set_policies(&[policy("allow-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n")]).expect("write");
+        c.sync().expect("sync");
+        assert!(tcp(&c, "b"), "{shape:?}: b allowed");
+        assert!(!tcp(&c, "c"), "{shape:?}: c denied");
+        assert!(held.works(), "{shape:?}: an allowed open connection survives a policy change");
+
+        // Change: now only x/c. The open connection from x/b is cut.
+        c.set_policies(&[policy("allow-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: c}}}]}]\n")]).expect("write");
+        c.sync().expect("sync");
+        assert!(!tcp(&c, "b"), "{shape:?}: b denied after the change");
+        assert!(tcp(&c, "c"), "{shape:?}: c allowed after the change");
+        assert!(!held.works(), "{shape:?}: withdrawing the allow stops the open connection too");
+
+        // Label change on a pod: x/b becomes pod=c and is admitted.
+        c.set_pod_labels("x", "b", &[("pod", "c")]).expect("relabel");
+        c.sync().expect("sync");
+        assert!(tcp(&c, "b"), "{shape:?}: relabelled x/b now matches");
+
+        // Label change on a namespace: admit namespace y by a label it gets later.
+        c.set_policies(&[policy("allow-team", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]\n")]).expect("write");
+        c.sync().expect("sync");
+        assert!(!c.probe(("y", "a"), ("x", "a"), 80, Protocol::Tcp, false), "{shape:?}: y has no team label yet");
+        c.namespace("y", &[("ns", "y"), ("team", "blue")]).expect("label namespace");
+        c.sync().expect("sync");
+        assert!(c.probe(("y", "a"), ("x", "a"), 80, Protocol::Tcp, false), "{shape:?}: y labelled team=blue is admitted");
+        assert!(!c.probe(("z", "a"), ("x", "a"), 80, Protocol::Tcp, false), "{shape:?}: z is not");
+
+        // Delete: everything opens again.
+        c.set_policies(&[]).expect("write");
+        c.sync().expect("sync");
+        assert!(tcp(&c, "c") && c.probe(("z", "a"), ("x", "a"), 80, Protocol::Tcp, false), "{shape:?}: open again");
+    }
+}
+
+#[test]
+fn a_pod_created_after_the_agent_started_is_enforced() {
+    if !privileged() {
+        return;
+    }
+    for shape in [Shape::Bridge, Shape::Routed] {
+        let mut c = Cluster::new(&[shape]).expect("node");
+        c.namespace("x", &[]).expect("ns");
+        c.add_pod(0, "x", "a", &[("pod", "a")], PORTS).expect("pod");
+        c.set_policies(&[policy("deny", "  podSelector: {}\n")]).expect("write");
+        c.start_agent(0, &[]).expect("agent");
+        c.sync().expect("sync");
+        c.add_pod(0, "x", "late", &[("pod", "late")], PORTS).expect("late pod");
+        c.sync().expect("the late pod gets attached");
+        assert!(!c.probe(("x", "a"), ("x", "late"), 80, Protocol::Tcp, false), "{shape:?}: default deny covers the late pod");
+        assert!(!c.probe(("x", "late"), ("x", "a"), 80, Protocol::Tcp, false), "{shape:?}: and protects a from it");
+        c.remove_pod("x", "late").expect("remove");
+        c.sync().expect("sync after removal");
+    }
+}
+
+#[test]
+fn the_node_reaches_isolated_pods_unless_told_not_to() {
+    if !privileged() {
+        return;
+    }
+    for (args, allowed) in [(&[][..], true), (&["--no-host-access"][..], false)] {
+        let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
+        c.namespace("x", &[]).expect("ns");
+        c.add_pod(0, "x", "a", &[("pod", "a")], PORTS).expect("pod");
+        c.set_policies(&[policy("deny", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n")]).expect("write");
+        c.start_agent(0, args).expect("agent");
+        c.sync().expect("sync");
+        let target = c.target("x", "a", 80, Protocol::Tcp, false);
+        assert_eq!(probe::probe(&c.nodes[0].netns, &target), allowed, "node -> pod with {args:?}");
+    }
+}
+
+#[test]
+fn bad_input_is_reported_by_name_and_everything_else_stays_enforced() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new(&[Shape::Routed]).expect("node");
+    c.namespace("x", &[]).expect("ns");
+    c.add_pod(0, "x", "a", &[("pod", "a")], PORTS).expect("pod");
+    c.add_pod(0, "x", "b", &[("pod", "b")], PORTS).expect("pod");
+    c.set_policies(&[
+        policy("deny", "  podSelector: {matchLabels: {pod: a}}\n"),
+        policy("bad-cidr", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/40}}]}]\n"),
+        policy("bad-protocol", "  podSelector: {}\n  ingress: [{ports: [{protocol: ICMP, port: 1}]}]\n"),
+    ])
+    .expect("write");
+    c.manifests.write("broken.yaml", "kind: NetworkPolicy\nmetadata: {name: [\n").expect("write");
+    c.manifests.write("zz-duplicate.yaml", &policy("deny", "  podSelector: {}\n")).expect("write");
+    c.start_agent(0, &[]).expect("agent");
+    let status = c.agent(0).wait_synced(cluster_timeout()).expect("sync despite bad input");
+    let problems: BTreeMap<String, String> = status["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| (p["object"].as_str().unwrap_or_default().to_string(), p["reason"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    assert!(problems["NetworkPolicy x/bad-cidr"].contains("not a CIDR"), "{problems:?}");
+    assert!(problems["NetworkPolicy x/bad-protocol"].contains("unknown protocol"), "{problems:?}");
+    assert!(problems["NetworkPolicy x/deny"].contains("duplicate"), "{problems:?}");
+    assert!(problems.keys().any(|k| k.contains("broken.yaml")), "{problems:?}");
+    assert!(!c.probe(("x", "b"), ("x", "a"), 80, Protocol::Tcp, false), "the valid policy is enforced");
+    assert!(c.probe(("x", "a"), ("x", "b"), 80, Protocol::Tcp, false), "x/b is not isolated");
+    c.manifests.remove("broken.yaml").expect("remove");
+    c.sync().expect("the agent keeps running and syncing");
+}
+
+fn cluster_timeout() -> std::time::Duration {
+    netpol_sandbox::cluster::SYNC_TIMEOUT
+}
