@@ -22,16 +22,20 @@ use netpol_agent::{
 const ALLOW: u32 = u32::MAX; // TC_ACT_UNSPEC (-1): on to the next program, the packet passes.
 const DROP: u32 = 2; // TC_ACT_SHOT
 
-/// A loaded data path with a unique pin directory, removed on drop.
-struct Fixture {
-    dp: Datapath,
-    pin: PathBuf,
+/// A pin directory removed on drop, also when loading fails.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin);
-    }
+/// A loaded data path with a unique pin directory (declared after `dp`, so the maps are
+/// closed before the pins are removed).
+struct Fixture {
+    dp: Datapath,
+    _pin: PinDir,
 }
 
 fn is_root() -> bool {
@@ -47,8 +51,8 @@ fn fixture(yaml: &str, local: (&str, &str)) -> Option<Fixture> {
         return None;
     }
     static N: AtomicU32 = AtomicU32::new(0);
-    let pin = PathBuf::from(format!("/sys/fs/bpf/netpol-classifier-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    let mut dp = Datapath::load(&pin).expect("the classifiers load and pass the verifier");
+    let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/netpol-classifier-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))));
+    let mut dp = Datapath::load(&pin.0).expect("the classifiers load and pass the verifier");
     let mut loaded = manifests::Loaded::default();
     manifests::load_documents(yaml, "test.yaml", &mut loaded, &mut Default::default());
     assert!(loaded.problems.is_empty(), "fixture problems: {:?}", loaded.problems);
@@ -56,7 +60,7 @@ fn fixture(yaml: &str, local: (&str, &str)) -> Option<Fixture> {
     let interfaces = BTreeMap::from([(ObjectRef::new(local.0, local.1), PodInterface { ifindex: 1, name: "lo".into() })]);
     let stats = dp.apply_maps(&desired, &interfaces);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
-    Some(Fixture { dp, pin })
+    Some(Fixture { dp, _pin: pin })
 }
 
 impl Fixture {
