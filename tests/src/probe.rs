@@ -169,3 +169,53 @@ mod tests {
         assert_eq!(super::crc32c(b"123456789"), 0xe306_9283);
     }
 }
+
+/// Sends, from inside `from`, an IPv4 SCTP INIT whose source address is `src` (forged, with a
+/// header written by hand on an IPPROTO_RAW socket) to `dst:port`. Returns the verification tag
+/// to look for in the destination's sink.
+pub fn send_forged_sctp(from: &str, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, port: u16) -> anyhow::Result<u32> {
+    let tag = random_u32();
+    let mut sctp = vec![0u8; 12 + 20];
+    sctp[..2].copy_from_slice(&40000u16.to_be_bytes());
+    sctp[2..4].copy_from_slice(&port.to_be_bytes());
+    sctp[4..8].copy_from_slice(&tag.to_be_bytes());
+    sctp[12] = 1;
+    sctp[14..16].copy_from_slice(&20u16.to_be_bytes());
+    sctp[16..20].copy_from_slice(&tag.to_be_bytes());
+    let crc = crc32c(&sctp);
+    sctp[8..12].copy_from_slice(&crc.to_le_bytes());
+    let mut pkt = vec![0u8; 20];
+    pkt[0] = 0x45;
+    pkt[2..4].copy_from_slice(&((20 + sctp.len()) as u16).to_be_bytes());
+    pkt[8] = 64;
+    pkt[9] = libc::IPPROTO_SCTP as u8;
+    pkt[12..16].copy_from_slice(&src.octets());
+    pkt[16..20].copy_from_slice(&dst.octets());
+    pkt.extend_from_slice(&sctp);
+    netns::within(from, || -> anyhow::Result<()> {
+        // SAFETY: plain socket(2), checked below, closed at the end of this closure.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let sa = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) }, sin_zero: [0; 8] };
+        // SAFETY: sendto with a valid buffer and sockaddr_in; the kernel fills the checksum.
+        let sent = unsafe { libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, std::ptr::from_ref(&sa).cast(), std::mem::size_of_val(&sa) as u32) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: fd is ours and closed once.
+        unsafe { libc::close(fd) };
+        anyhow::ensure!(sent >= 0, "send forged packet: {err}");
+        Ok(())
+    })??;
+    Ok(tag)
+}
+
+/// Whether the SCTP sink `seen` records `tag` to `port` within the probe timeout.
+pub fn sctp_seen(seen: &SctpSeen, tag: u32, port: u16) -> bool {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    while Instant::now() < deadline {
+        if seen.lock().is_ok_and(|s| s.contains(&(tag, port))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}

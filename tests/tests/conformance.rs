@@ -289,3 +289,29 @@ fn bad_input_is_reported_by_name_and_everything_else_stays_enforced() {
 fn cluster_timeout() -> std::time::Duration {
     netpol_sandbox::cluster::SYNC_TIMEOUT
 }
+
+#[test]
+fn a_pod_cannot_pass_as_another_pod_by_forging_its_source_address() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
+    c.namespace("x", &[]).expect("ns");
+    for p in ["a", "b", "c"] {
+        c.add_pod(0, "x", p, &[("pod", p)], PORTS).expect("pod");
+    }
+    let (a, b) = (c.pod("x", "a").ipv4, c.pod("x", "b").ipv4);
+    let sink = c.target("x", "a", 80, Protocol::Sctp, false).sctp_sink.expect("sink");
+    let forged = |c: &Cluster| {
+        let tag = probe::send_forged_sctp(&c.pod("x", "c").netns, b, a, 80).expect("send");
+        probe::sctp_seen(&sink, tag, 80)
+    };
+    // Control: with nothing enforcing, a forged packet from x/c does arrive at x/a.
+    assert!(forged(&c), "without netpol the forged packet arrives (else this test proves nothing)");
+    c.set_policies(&[policy("only-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n")]).expect("write");
+    c.start_agent(0, &[]).expect("agent");
+    c.sync().expect("sync");
+    assert!(c.probe(("x", "b"), ("x", "a"), 80, Protocol::Sctp, false), "the real x/b is admitted");
+    assert!(!c.probe(("x", "c"), ("x", "a"), 80, Protocol::Sctp, false), "x/c under its own address is not");
+    assert!(!forged(&c), "x/c with x/b's address is dropped");
+}
