@@ -440,12 +440,60 @@ impl Datapath {
     fn unpin_links(&mut self, ifindex: u32, stats: &mut ApplyStats) {
         for name in [PROG_TO_POD, PROG_FROM_POD] {
             let pin = self.link_pin(ifindex, name);
+            if let Err(e) = detach_pinned_link(&pin) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    stats.errors.push(format!("detach {}: {e}", pin.display()));
+                }
+            }
             if let Err(e) = std::fs::remove_file(&pin) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     stats.errors.push(format!("unpin {}: {e}", pin.display()));
                 }
             }
         }
+    }
+}
+
+/// Detaches the link pinned at `pin` at once (BPF_LINK_DETACH, Linux 5.9+), rather than when the
+/// kernel gets round to releasing it after its last reference goes; the pin stays.
+pub fn detach_pinned_link(pin: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // union bpf_attr, zeroed; BPF_OBJ_GET takes the path pointer at offset 0.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: bpf(2) with a zeroed attr of 128 bytes holding a valid NUL-terminated path.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = fd as i32;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd as u32); // link_detach.link_fd
+    // SAFETY: bpf(2) with a zeroed attr naming a link fd we own.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd came from BPF_OBJ_GET above and is closed once.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Detaches every link pinned under `pin_path` and removes every pin (programs, links, maps):
+/// `netpol-agent uninstall`.
+pub fn uninstall(pin_path: &Path) -> std::io::Result<()> {
+    if let Ok(entries) = std::fs::read_dir(pin_path.join("links")) {
+        for e in entries.flatten() {
+            detach_pinned_link(&e.path())?;
+        }
+    }
+    match std::fs::remove_dir_all(pin_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -72,9 +72,7 @@ fn main() -> anyhow::Result<()> {
             }))
         }
         Command::Uninstall { pin_path } => {
-            if pin_path.exists() {
-                std::fs::remove_dir_all(&pin_path).with_context(|| format!("remove {}", pin_path.display()))?;
-            }
+            netpol_agent::datapath::uninstall(&pin_path).with_context(|| format!("uninstall {}", pin_path.display()))?;
             tracing::info!(pin_path = %pin_path.display(), "removed netpol's programs, links and maps");
             Ok(())
         }

@@ -21,6 +21,7 @@ pub struct Agent {
     /// Its log (stderr).
     pub log: PathBuf,
     manifests: PathBuf,
+    keep_pins: bool,
 }
 
 /// The agent binary: `$NETPOL_AGENT_BIN`, or the workspace's release build.
@@ -31,12 +32,19 @@ pub fn agent_bin() -> PathBuf {
 }
 
 impl Agent {
-    /// Starts the agent for node `node` (its netns name is its node name) on `manifests`.
+    /// Starts the agent for node `node` (its netns name is its node name) on `manifests`, with
+    /// a new pin path of its own.
     pub fn start(node: &str, manifests: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let pin_path = PathBuf::from("/sys/fs/bpf").join(netns::unique("netpol-test-"));
+        Self::start_at(node, manifests, &pin_path, extra_args)
+    }
+
+    /// Starts the agent with a given pin path (e.g. the one an earlier agent left).
+    pub fn start_at(node: &str, manifests: &Path, pin_path: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
         let bin = agent_bin();
         anyhow::ensure!(bin.is_file(), "no agent binary at {} (run `cargo xtask build`)", bin.display());
         let id = netns::unique("netpol-test-");
-        let pin_path = PathBuf::from("/sys/fs/bpf").join(&id);
+        let pin_path = pin_path.to_path_buf();
         let status_file = std::env::temp_dir().join(format!("{id}.status.json"));
         let log = std::env::temp_dir().join(format!("{id}.log"));
         let stderr = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
@@ -59,7 +67,7 @@ impl Agent {
             .stderr(stderr)
             .spawn()
             .context("start the agent")?;
-        Ok(Self { child, pin_path, status_file, log, manifests: manifests.to_path_buf() })
+        Ok(Self { child, pin_path, status_file, log, manifests: manifests.to_path_buf(), keep_pins: false })
     }
 
     /// The last status the agent wrote, if any.
@@ -102,6 +110,17 @@ impl Agent {
         self.child.id()
     }
 
+    /// Kills the agent with SIGKILL, as a crash would, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Leaves the pins in place when this handle is dropped (for a successor agent).
+    pub fn keep_pins(&mut self) {
+        self.keep_pins = true;
+    }
+
     /// Stops the agent with SIGTERM (it leaves enforcement in place) and waits for it.
     pub fn stop(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
@@ -121,7 +140,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.pin_path);
+        if !self.keep_pins {
+            let _ = std::fs::remove_dir_all(&self.pin_path);
+        }
         let _ = std::fs::remove_file(&self.status_file);
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);

@@ -124,6 +124,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts the agent of node `node` on a given pin path (adopting what is pinned there).
+    pub fn start_agent_at(&mut self, node: usize, pin_path: &std::path::Path, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.agents[node] = Some(Agent::start_at(&self.nodes[node].netns, self.manifests.path(), pin_path, extra_args)?);
+        Ok(())
+    }
+
     /// The agent of node `node`.
     pub fn agent(&mut self, node: usize) -> &mut Agent {
         self.agents[node].as_mut().unwrap_or_else(|| panic!("no agent on node {node}"))
