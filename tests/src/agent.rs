@@ -78,13 +78,23 @@ impl Agent {
     /// Waits until the agent has applied the manifests as they are now and attached to every
     /// local pod. On timeout, fails with the tail of the agent's log.
     pub fn wait_synced(&mut self, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        self.wait(timeout, true)
+    }
+
+    /// Waits until the agent has applied the manifests as they are now (some local pods may
+    /// have no interface).
+    pub fn wait_applied(&mut self, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        self.wait(timeout, false)
+    }
+
+    fn wait(&mut self, timeout: Duration, all_attached: bool) -> anyhow::Result<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let digest = netpol_agent::manifests::digest_dir(&self.manifests)?;
             if let Some(status) = self.status() {
                 let attached = status["attached"].as_array().map_or(0, Vec::len);
                 let local = status["local_pods"].as_array().map_or(0, Vec::len);
-                if status["manifest_digest"] == digest.as_str() && attached == local {
+                if status["manifest_digest"] == digest.as_str() && (attached == local || !all_attached) {
                     return Ok(status);
                 }
             }

@@ -45,16 +45,17 @@ pub fn start(netns: &str, tcp: &[u16], udp: &[u16], banner: &str) -> anyhow::Res
         let (stop, banner) = (stop.clone(), banner.to_string());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.write_all(banner.as_bytes());
-                        // Keep the connection open for clients that test it later; it ends
-                        // when the client closes it.
-                        let stop = stop.clone();
-                        std::thread::spawn(move || echo_tcp(conn, &stop));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                // Wait for a connection (or 50 ms, to notice `stop`) without spinning.
+                let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: poll(2) on one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 50) };
+                while let Ok((mut conn, _)) = listener.accept() {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.write_all(banner.as_bytes());
+                    // Keep the connection open for clients that test it later; it ends when
+                    // the client closes it.
+                    let stop = stop.clone();
+                    std::thread::spawn(move || echo_tcp(conn, &stop));
                 }
             }
         });

@@ -29,6 +29,11 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run the benchmarks; print the figures and write target/bench/results.json.
+    Bench {
+        /// Only these benchmarks (datapath, control, convergence, throughput).
+        only: Vec<String>,
+    },
     /// Run the three-tier demo in a sandbox node and check the reachability it measures.
     Demo {
         /// Where to write the report (Markdown).
@@ -38,9 +43,9 @@ enum Task {
 }
 
 /// Debian packages the tests and the demo use: iproute2 (ip), util-linux (nsenter), iptables
-/// (the tests' own probe-failure checks), bpftool (inspection), iperf3 (benchmarks).
+/// (the iptables peer of the benchmarks), bpftool (inspection), iperf3 and ipset (benchmarks).
 const DEBIAN_PACKAGES: &[(&str, &str)] =
-    &[("ip", "iproute2"), ("nsenter", "util-linux"), ("iptables", "iptables"), ("bpftool", "bpftool"), ("iperf3", "iperf3")];
+    &[("ip", "iproute2"), ("nsenter", "util-linux"), ("iptables", "iptables"), ("bpftool", "bpftool"), ("iperf3", "iperf3"), ("ipset", "ipset")];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -55,6 +60,17 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             build(&root)?;
             test(&root, &args)
+        }
+        Task::Bench { only } => {
+            setup()?;
+            build(&root)?;
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .args(["run", "--release", "--quiet", "--package", "netpol-tests", "--bin", "netpol-bench", "--"])
+                .args(&only)
+                .arg("--out")
+                .arg(root.join("target/bench/results.json"))
+                .env("NETPOL_AGENT_BIN", agent_bin(&root)))
         }
         Task::Demo { report } => {
             setup()?;

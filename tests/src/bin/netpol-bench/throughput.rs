@@ -1,0 +1,261 @@
+//! Throughput (iperf3) and connection rate between two pods on a routed node, side by side and
+//! interleaved over rounds: no program attached; netpol enforcing the three-tier policies plus
+//! 1 000 unrelated ones; and the same policies enforced the classic way, as iptables rules with
+//! ipsets and conntrack the way kube-router generates them (translated here, in the bench).
+
+use std::{
+    collections::BTreeMap,
+    io::Read as _,
+    net::{IpAddr, SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use netpol_agent::{
+    manifests::{self, Loaded},
+    model::{ClusterState, Peer, PortSpec},
+};
+use netpol_sandbox::{agent::agent_bin, netns, Cluster, Shape};
+
+use crate::{synth, Figures};
+
+const ROUNDS: usize = 5;
+const IPERF_SECONDS: &str = "2";
+
+const POLICIES: &str = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny-all, namespace: production}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: frontend-egress, namespace: production}
+spec:
+  podSelector: {matchLabels: {app: frontend}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: backend}}}]
+    ports: [{port: 5201}, {port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: backend-ingress, namespace: production}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+    ports: [{port: 5201}, {port: 8080}]
+"#;
+
+/// The kube-router-style translation of the policies selecting this node's pods: per pod and
+/// direction a chain that accepts established flows, accepts what any rule's ipset and ports
+/// match, and drops the rest; FORWARD jumps to it by the pod's address. Returns the
+/// iptables-restore input and the ipsets (name, members).
+pub fn iptables_translation(state: &ClusterState, node: &str) -> (String, Vec<(String, Vec<String>)>) {
+    let mut rules = String::from("*filter\n:NETPOL - [0:0]\n");
+    let mut jumps = Vec::new();
+    let mut sets = Vec::new();
+    for (k, pod) in state.pods.values().filter(|p| p.node == node).enumerate() {
+        let Some(ip) = pod.ips.iter().find(|ip| ip.is_ipv4()) else { continue };
+        for (dir, addr_flag, set_flag) in [("IN", "-d", "src"), ("OUT", "-s", "dst")] {
+            let selecting: Vec<_> = state
+                .policies
+                .values()
+                .filter(|p| p.id.namespace == pod.id.namespace && p.pod_selector.matches(&pod.labels))
+                .filter(|p| if dir == "IN" { p.isolates_ingress } else { p.isolates_egress })
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            let chain = format!("NP-{dir}-{k}");
+            rules.push_str(&format!(":{chain} - [0:0]\n-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"));
+            for policy in selecting {
+                let list = if dir == "IN" { &policy.ingress } else { &policy.egress };
+                for (j, rule) in list.iter().enumerate() {
+                    let set_match = if rule.peers.is_empty() {
+                        String::new()
+                    } else {
+                        let name = format!("np{k}{}{}r{j}", dir.to_lowercase(), sets.len());
+                        let mut members = Vec::new();
+                        for peer in &rule.peers {
+                            match peer {
+                                Peer::IpBlock { cidr, except } => {
+                                    members.push(cidr.to_string());
+                                    members.extend(except.iter().map(|e| format!("{e} nomatch")));
+                                }
+                                Peer::Pods { namespaces, pods } => {
+                                    for other in state.pods.values() {
+                                        let ns_ok = match namespaces {
+                                            None => other.id.namespace == policy.id.namespace,
+                                            Some(sel) => sel.matches(&state.namespace_labels(&other.id.namespace)),
+                                        };
+                                        if ns_ok && pods.matches(&other.labels) {
+                                            members.extend(other.ips.iter().filter(|i| i.is_ipv4()).map(|i| format!("{i}/32")));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        sets.push((name.clone(), members));
+                        format!(" -m set --match-set {name} {set_flag}")
+                    };
+                    if rule.ports.is_empty() {
+                        rules.push_str(&format!("-A {chain}{set_match} -j ACCEPT\n"));
+                    }
+                    for pm in &rule.ports {
+                        let proto = pm.protocol.to_string().to_lowercase();
+                        let port = match &pm.port {
+                            PortSpec::All => String::new(),
+                            PortSpec::Range(lo, hi) if lo == hi => format!(" --dport {lo}"),
+                            PortSpec::Range(lo, hi) => format!(" --dport {lo}:{hi}"),
+                            PortSpec::Named(name) => match pod.named_ports.iter().find(|n| &n.name == name) {
+                                Some(n) => format!(" --dport {}", n.port),
+                                None => continue,
+                            },
+                        };
+                        rules.push_str(&format!("-A {chain}{set_match} -p {proto}{port} -j ACCEPT\n"));
+                    }
+                }
+            }
+            rules.push_str(&format!("-A {chain} -j DROP\n"));
+            jumps.push(format!("-A NETPOL {addr_flag} {ip}/32 -j {chain}\n"));
+        }
+    }
+    for j in jumps {
+        rules.push_str(&j);
+    }
+    rules.push_str("-I FORWARD 1 -j NETPOL\nCOMMIT\n");
+    (rules, sets)
+}
+
+fn run_cmd(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    anyhow::ensure!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn apply_iptables(node: &str, state: &ClusterState) -> anyhow::Result<()> {
+    let (rules, sets) = iptables_translation(state, node);
+    let mut restore = String::new();
+    for (name, members) in &sets {
+        restore.push_str(&format!("create {name} hash:net family inet\n"));
+        for m in members {
+            restore.push_str(&format!("add {name} {m}\n"));
+        }
+    }
+    let mut child = Command::new("ip").args(["netns", "exec", node, "ipset", "restore"]).stdin(Stdio::piped()).spawn()?;
+    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, restore.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "ipset restore");
+    let mut child = Command::new("ip").args(["netns", "exec", node, "iptables-restore", "--noflush"]).stdin(Stdio::piped()).spawn()?;
+    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, rules.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "iptables-restore");
+    Ok(())
+}
+
+fn clear_iptables(node: &str) -> anyhow::Result<()> {
+    let _ = run_cmd(Command::new("ip").args(["netns", "exec", node, "iptables", "-F"]));
+    let _ = run_cmd(Command::new("ip").args(["netns", "exec", node, "iptables", "-X"]));
+    let _ = run_cmd(Command::new("ip").args(["netns", "exec", node, "ipset", "destroy"]));
+    Ok(())
+}
+
+fn iperf(client: &str, server: &str, addr: IpAddr) -> anyhow::Result<f64> {
+    let mut srv = Command::new("ip").args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let out = run_cmd(Command::new("ip").args(["netns", "exec", client, "iperf3", "-c", &addr.to_string(), "-p", "5201", "-t", IPERF_SECONDS, "-J"]));
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_str(&out?)?;
+    v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 result")
+}
+
+/// Connections per second: connect, read the banner, close, for one second.
+fn connection_rate(client: &str, addr: IpAddr) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < Duration::from_secs(1) {
+        let ok = netns::within(client, || TcpStream::connect_timeout(&SocketAddr::new(addr, 8080), Duration::from_millis(500)))
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|mut s| {
+                let mut b = [0u8; 64];
+                s.read(&mut b).is_ok_and(|r| r > 0)
+            });
+        if ok {
+            n += 1;
+        }
+    }
+    f64::from(n) / start.elapsed().as_secs_f64()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
+    let mut c = Cluster::new(&[Shape::Routed])?;
+    c.namespace("production", &[])?;
+    c.add_pod(0, "production", "frontend", &[("app", "frontend")], &[("http", 80, "TCP")])?;
+    c.add_pod(0, "production", "backend", &[("app", "backend")], &[("api", 8080, "TCP")])?;
+    let unrelated = synth::cluster_yaml(7, 2000, 50, 20, 1000);
+    c.manifests.write("unrelated.yaml", &unrelated)?;
+    c.set_policies(&[POLICIES.to_string()])?;
+    let node = c.nodes[0].netns.clone();
+    let (fe, be) = (c.pod("production", "frontend").netns.clone(), c.pod("production", "backend").clone());
+    let server = IpAddr::V4(be.ipv4);
+
+    let mut loaded = Loaded::default();
+    let cluster_yaml = std::fs::read_to_string(c.manifests.path().join("cluster.yaml"))?;
+    manifests::load_documents(&format!("{cluster_yaml}\n---\n{POLICIES}\n---\n{unrelated}"), "bench", &mut loaded, &mut Default::default());
+    let state = loaded.state;
+
+    let mut tput: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut rate: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        for variant in ["none", "netpol", "iptables"] {
+            match variant {
+                "netpol" => {
+                    c.start_agent(0, &[])?;
+                    c.sync()?;
+                }
+                "iptables" => apply_iptables(&node, &state)?,
+                _ => {}
+            }
+            let t = iperf(&fe, &be.netns, server)?;
+            let r = connection_rate(&fe, server);
+            println!("  round {round} {variant:<8}: TCP {:7.2} Gbit/s, {r:7.0} connections/s", t / 1e9);
+            tput.entry(variant).or_default().push(t);
+            rate.entry(variant).or_default().push(r);
+            match variant {
+                "netpol" => {
+                    let pin = c.agent(0).pin_path.clone();
+                    c.drop_agent(0);
+                    run_cmd(Command::new(agent_bin()).args(["uninstall", "--pin-path"]).arg(&pin))?;
+                }
+                "iptables" => clear_iptables(&node)?,
+                _ => {}
+            }
+        }
+    }
+    let spread = |v: &Vec<f64>| {
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+        (lo, hi)
+    };
+    for variant in ["none", "netpol", "iptables"] {
+        let (lo, hi) = spread(&tput[variant]);
+        println!("  {variant:<8}: TCP median {:.2} Gbit/s (range {:.2}-{:.2}), connections/s median {:.0}", median(tput.get_mut(variant).expect("v")) / 1e9, lo / 1e9, hi / 1e9, median(rate.get_mut(variant).expect("v")));
+    }
+    let m = |map: &mut BTreeMap<&str, Vec<f64>>, k: &str| median(map.get_mut(k).expect("variant"));
+    let (tn, tp, ti) = (m(&mut tput, "none"), m(&mut tput, "netpol"), m(&mut tput, "iptables"));
+    let (rn, rp, ri) = (m(&mut rate, "none"), m(&mut rate, "netpol"), m(&mut rate, "iptables"));
+    figures.add("tcp_throughput_gbps_no_program", tn / 1e9, "Gbit/s");
+    figures.add("tcp_throughput_gbps_netpol", tp / 1e9, "Gbit/s");
+    figures.add("tcp_throughput_gbps_iptables", ti / 1e9, "Gbit/s");
+    figures.add("tcp_throughput_ratio_vs_no_program", tp / tn, "ratio");
+    figures.add("tcp_throughput_ratio_vs_iptables", tp / ti, "ratio");
+    figures.add("connection_rate_ratio_vs_no_program", rp / rn, "ratio");
+    figures.add("connection_rate_ratio_vs_iptables", rp / ri, "ratio");
+    Ok(())
+}
