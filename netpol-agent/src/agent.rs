@@ -106,6 +106,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut seeded = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut next_sync = tokio::time::Instant::now();
+    let mut unattached_delay = UNATTACHED_RESYNC;
     info!(node = %cfg.node, manifests = %cfg.manifests.display(), pin_path = %cfg.pin_path.display(), "netpol agent started");
     loop {
         tokio::select! {
@@ -127,9 +128,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         debug!(elapsed_ms = started.elapsed().as_millis() as u64, "synced");
         // A pod's address is configured inside its own namespace, which raises no event here:
-        // while a local pod has no interface yet, look again soon.
+        // while a local pod has no interface yet, look again soon (backing off to the resync
+        // period, for pods whose interface does not come).
         if status.attached.len() < status.local_pods.len() {
-            next_sync = tokio::time::Instant::now() + UNATTACHED_RESYNC;
+            next_sync = tokio::time::Instant::now() + unattached_delay.min(cfg.resync);
+            unattached_delay = unattached_delay.saturating_mul(2);
+        } else {
+            unattached_delay = UNATTACHED_RESYNC;
         }
     }
     info!("netpol agent stopping; enforcement stays in place (pinned under {})", cfg.pin_path.display());

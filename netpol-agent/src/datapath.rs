@@ -35,6 +35,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_FROM_POD: &str = "netpol_from_pod";
 /// Program on the host veth's TCX egress: traffic to the pod (its ingress policy).
 pub const PROG_TO_POD: &str = "netpol_to_pod";
+/// A program that only returns "next": the benchmarks' floor, never attached.
+pub const PROG_NOOP: &str = "netpol_noop";
 
 /// Errors of the data-path edge.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +159,7 @@ impl Datapath {
             .default_map_pin_directory(pin_path)
             .load(EBPF_OBJECT)
             .map_err(|source| DatapathError::Load { path: pin_path.to_path_buf(), source: Box::new(source) })?;
-        for name in [PROG_FROM_POD, PROG_TO_POD] {
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_NOOP] {
             program(&mut ebpf, name)?.load().map_err(prog_err(format!("load program {name}")))?;
         }
         let take = |ebpf: &mut Ebpf, name: &str| {

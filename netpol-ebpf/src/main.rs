@@ -35,6 +35,13 @@ pub fn netpol_to_pod(ctx: TcContext) -> i32 {
     verdict(&ctx, DIR_INGRESS)
 }
 
+/// A classifier that only lets packets go on: the floor the benchmarks measure netpol's cost
+/// against. Never attached by the agent.
+#[classifier]
+pub fn netpol_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 /// Decides, counts, and turns the reason into a TC action. Allowed packets go on to the next
 /// program on the hook (`TC_ACT_UNSPEC` is TCX_NEXT), so netpol composes with a CNI's programs.
 #[inline(always)]
