@@ -170,6 +170,17 @@ fn iperf(client: &str, server: &str, addr: IpAddr) -> anyhow::Result<f64> {
     v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 result")
 }
 
+/// Closes with a reset (SO_LINGER 0), so that a second of connections does not fill the
+/// ephemeral port range with TIME_WAIT sockets.
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt with a valid linger struct of the right size.
+    unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, std::ptr::from_ref(&l).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t);
+    }
+}
+
 /// Connections per second: connect, read the banner, close, for one second.
 fn connection_rate(client: &str, addr: IpAddr) -> f64 {
     let start = Instant::now();
@@ -179,6 +190,7 @@ fn connection_rate(client: &str, addr: IpAddr) -> f64 {
             .ok()
             .and_then(Result::ok)
             .is_some_and(|mut s| {
+                reset_on_close(&s);
                 let mut b = [0u8; 64];
                 s.read(&mut b).is_ok_and(|r| r > 0)
             });
