@@ -171,8 +171,36 @@ impl Cluster {
         probe::probe(&self.pod(from.0, from.1).netns, &self.target(to.0, to.1, port, protocol, ipv6))
     }
 
+    /// Opens a TCP connection from one pod to another's port 80 and keeps it open.
+    pub fn open_connection(&self, from: (&str, &str), to: (&str, &str)) -> anyhow::Result<OpenConnection> {
+        OpenConnection::open(&self.pod(from.0, from.1).netns, self.pod(to.0, to.1).ipv4.into(), 80)
+    }
+
     /// All pods, as (namespace, name).
     pub fn pod_names(&self) -> Vec<(String, String)> {
         self.pods.iter().map(|p| (p.manifest.namespace.clone(), p.manifest.name.clone())).collect()
+    }
+}
+
+/// A TCP connection held open between two pods, to see whether it keeps working as policies
+/// change (the sandbox's servers echo what they receive after their banner).
+pub struct OpenConnection(std::net::TcpStream);
+
+impl OpenConnection {
+    /// Connects from inside `netns` to `addr:port` and reads the server's banner.
+    pub fn open(netns: &str, addr: IpAddr, port: u16) -> anyhow::Result<Self> {
+        use std::io::Read as _;
+        let mut stream = crate::netns::within(netns, || std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(1)))??;
+        stream.set_read_timeout(Some(Duration::from_millis(700)))?;
+        let mut banner = [0u8; 64];
+        anyhow::ensure!(stream.read(&mut banner)? > 0, "no banner from {addr}:{port}");
+        Ok(Self(stream))
+    }
+
+    /// Sends a few bytes and waits for their echo: whether the connection still works.
+    pub fn works(&mut self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let mut buf = [0u8; 16];
+        self.0.write_all(b"ping\n").is_ok() && matches!(self.0.read(&mut buf), Ok(n) if n > 0)
     }
 }

@@ -138,35 +138,6 @@ fn policy(name: &str, spec: &str) -> String {
     format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec:\n{spec}")
 }
 
-/// A TCP connection held open from one pod to another, to see whether it keeps working.
-struct OpenConnection(std::net::TcpStream);
-
-impl OpenConnection {
-    fn open(c: &Cluster, from: (&str, &str), to: (&str, &str)) -> Self {
-        let target = c.pod(to.0, to.1).ipv4;
-        let stream = netpol_sandbox::netns::within(&c.pod(from.0, from.1).netns, || {
-            std::net::TcpStream::connect_timeout(&(target, 80).into(), std::time::Duration::from_secs(1))
-        })
-        .expect("netns")
-        .expect("the connection opens");
-        stream.set_read_timeout(Some(std::time::Duration::from_millis(700))).expect("timeout");
-        let mut conn = Self(stream);
-        let mut banner = [0u8; 64];
-        assert!(std::io::Read::read(&mut conn.0, &mut banner).expect("banner") > 0);
-        conn
-    }
-
-    /// Sends a line and waits for its echo.
-    fn works(&mut self) -> bool {
-        use std::io::{Read as _, Write as _};
-        if self.0.write_all(b"ping\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 16];
-        matches!(self.0.read(&mut buf), Ok(n) if n > 0)
-    }
-}
-
 #[test]
 fn policy_updates_apply_while_running_and_cut_or_keep_open_connections() {
     if !privileged() {
@@ -175,7 +146,7 @@ fn policy_updates_apply_while_running_and_cut_or_keep_open_connections() {
     for shape in [Shape::Bridge, Shape::Routed] {
         let mut c = xyz(shape);
         let tcp = |c: &Cluster, from: &str| c.probe(("x", from), ("x", "a"), 80, Protocol::Tcp, false);
-        let mut held = OpenConnection::open(&c, ("x", "b"), ("x", "a"));
+        let mut held = c.open_connection(("x", "b"), ("x", "a")).expect("the connection opens");
         assert!(held.works());
 
         // Add: only x/b may reach x/a. The open connection from x/b keeps working.

@@ -26,25 +26,6 @@ fn reaches_a(c: &Cluster, from: &str) -> bool {
     c.probe(("x", from), ("x", "a"), 80, Protocol::Tcp, false)
 }
 
-/// A TCP connection from `from` to x/a:80 kept open.
-fn hold(c: &Cluster, from: &str) -> std::net::TcpStream {
-    use std::io::Read as _;
-    let a = c.pod("x", "a").ipv4;
-    let mut s = netpol_sandbox::netns::within(&c.pod("x", from).netns, || std::net::TcpStream::connect_timeout(&(a, 80).into(), Duration::from_secs(1)))
-        .expect("netns")
-        .expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
-    let mut banner = [0u8; 32];
-    assert!(s.read(&mut banner).expect("banner") > 0);
-    s
-}
-
-fn works(s: &mut std::net::TcpStream) -> bool {
-    use std::io::{Read as _, Write as _};
-    let mut buf = [0u8; 8];
-    s.write_all(b"ping").is_ok() && matches!(s.read(&mut buf), Ok(n) if n > 0)
-}
-
 #[test]
 fn a_killed_agent_leaves_enforcement_and_its_successor_adopts_it_and_converges() {
     if !privileged() {
@@ -55,14 +36,14 @@ fn a_killed_agent_leaves_enforcement_and_its_successor_adopts_it_and_converges()
     c.start_agent(0, &[]).expect("agent");
     c.sync().expect("sync");
     let pin = c.agent(0).pin_path.clone();
-    let mut held = hold(&c, "b");
+    let mut held = c.open_connection(("x", "b"), ("x", "a")).expect("the connection opens");
 
     // Crash: SIGKILL. Denied stays denied, allowed stays allowed, the open connection works.
     c.agent(0).keep_pins();
     c.agent(0).kill();
     assert!(!reaches_a(&c, "c"), "after the crash x/c is still denied");
     assert!(reaches_a(&c, "b"), "after the crash x/b is still admitted");
-    assert!(works(&mut held), "the open connection survives the crash");
+    assert!(held.works(), "the open connection survives the crash");
 
     // Change the policy while no agent runs, then start a successor on the same pins.
     c.drop_agent(0);
@@ -76,7 +57,7 @@ fn a_killed_agent_leaves_enforcement_and_its_successor_adopts_it_and_converges()
     assert!(converged < Duration::from_secs(2), "converged in {converged:?}");
     assert!(reaches_a(&c, "c"), "the new policy admits x/c");
     assert!(!reaches_a(&c, "b"), "and no longer x/b");
-    assert!(!works(&mut held), "the connection the new policy withdraws is cut");
+    assert!(!held.works(), "the connection the new policy withdraws is cut");
 
     // Adoption attached nothing twice: one pinned link per pod and direction.
     let links = std::fs::read_dir(pin.join("links")).expect("links").count();
