@@ -245,44 +245,19 @@ impl Datapath {
         let mut stats = ApplyStats::default();
 
         // 1. New and changed policy entries, regions and identities.
-        for (k, v) in &desired.policy {
-            if self.cur_policy.get(k) != Some(v) {
-                let key = Key::new(k.prefix_len, k.key);
-                match self.policy.insert(&key, v, 0) {
-                    Ok(()) => {
-                        self.cur_policy.insert(*k, *v);
-                        stats.writes += 1;
-                    }
-                    Err(e) => stats.errors.push(format!("write policy entry {k:?}: {e}")),
-                }
-            }
-        }
+        upsert(&mut self.cur_policy, &desired.policy, "policy entry", &mut stats, |k, v| {
+            self.policy.insert(&Key::new(k.prefix_len, k.key), v, 0)
+        });
         // A peer address whose identity changes or goes away may revoke open flows of every
         // endpoint; a new address only adds identities, and policies only add allows.
         let identities_changed = self.cur_cidrs.iter().any(|(k, id)| desired.cidrs.get(k) != Some(id))
             || self.cur_ipcache.iter().any(|(k, id)| desired.ipcache.get(k) != Some(id));
-        for (k, id) in &desired.cidrs {
-            if self.cur_cidrs.get(k) != Some(id) {
-                match self.cidrs.insert(&Key::new(k.prefix_len, k.addr), IdentityValue { identity: *id }, 0) {
-                    Ok(()) => {
-                        self.cur_cidrs.insert(*k, *id);
-                        stats.writes += 1;
-                    }
-                    Err(e) => stats.errors.push(format!("write cidr region {k:?}: {e}")),
-                }
-            }
-        }
-        for (k, id) in &desired.ipcache {
-            if self.cur_ipcache.get(k) != Some(id) {
-                match self.ipcache.insert(k, IdentityValue { identity: *id }, 0) {
-                    Ok(()) => {
-                        self.cur_ipcache.insert(*k, *id);
-                        stats.writes += 1;
-                    }
-                    Err(e) => stats.errors.push(format!("write ipcache {k:?}: {e}")),
-                }
-            }
-        }
+        upsert(&mut self.cur_cidrs, &desired.cidrs, "cidr region", &mut stats, |k, id| {
+            self.cidrs.insert(&Key::new(k.prefix_len, k.addr), IdentityValue { identity: *id }, 0)
+        });
+        upsert(&mut self.cur_ipcache, &desired.ipcache, "ipcache entry", &mut stats, |k, id| {
+            self.ipcache.insert(k, IdentityValue { identity: *id }, 0)
+        });
 
         // 2. Endpoints with their new isolation flags, at their current generation.
         let mut wanted: BTreeMap<u32, (u64, &EndpointPlan)> = BTreeMap::new();
@@ -298,36 +273,13 @@ impl Datapath {
         }
 
         // 3. Removals.
-        let stale: Vec<PolicyEntryKey> = self.cur_policy.keys().filter(|k| !desired.policy.contains_key(k)).copied().collect();
-        for k in stale {
-            match self.policy.remove(&Key::new(k.prefix_len, k.key)) {
-                Ok(()) => {
-                    self.cur_policy.remove(&k);
-                    stats.deletes += 1;
-                }
-                Err(e) => stats.errors.push(format!("delete policy entry {k:?}: {e}")),
-            }
-        }
-        let stale: Vec<CidrKey> = self.cur_cidrs.keys().filter(|k| !desired.cidrs.contains_key(k)).copied().collect();
-        for k in stale {
-            match self.cidrs.remove(&Key::new(k.prefix_len, k.addr)) {
-                Ok(()) => {
-                    self.cur_cidrs.remove(&k);
-                    stats.deletes += 1;
-                }
-                Err(e) => stats.errors.push(format!("delete cidr region {k:?}: {e}")),
-            }
-        }
-        let stale: Vec<IpKey> = self.cur_ipcache.keys().filter(|k| !desired.ipcache.contains_key(k)).copied().collect();
-        for k in stale {
-            match self.ipcache.remove(&k) {
-                Ok(()) => {
-                    self.cur_ipcache.remove(&k);
-                    stats.deletes += 1;
-                }
-                Err(e) => stats.errors.push(format!("delete ipcache {k:?}: {e}")),
-            }
-        }
+        remove_stale(&mut self.cur_policy, &desired.policy, "policy entry", &mut stats, |k| {
+            self.policy.remove(&Key::new(k.prefix_len, k.key))
+        });
+        remove_stale(&mut self.cur_cidrs, &desired.cidrs, "cidr region", &mut stats, |k| {
+            self.cidrs.remove(&Key::new(k.prefix_len, k.addr))
+        });
+        remove_stale(&mut self.cur_ipcache, &desired.ipcache, "ipcache entry", &mut stats, |k| self.ipcache.remove(k));
 
         // 4. Generation bumps: flows allowed under an older policy are checked again.
         for (ifindex, (fp, plan)) in &wanted {
@@ -452,6 +404,49 @@ impl Datapath {
                     stats.errors.push(format!("unpin {}: {e}", pin.display()));
                 }
             }
+        }
+    }
+}
+
+/// Writes every entry of `desired` that the mirror `current` lacks or holds differently, and
+/// mirrors each write that succeeds; failures are reported in `stats`.
+fn upsert<K: Ord + Copy + std::fmt::Debug, V: PartialEq + Copy>(
+    current: &mut BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    what: &str,
+    stats: &mut ApplyStats,
+    mut write: impl FnMut(&K, &V) -> std::result::Result<(), aya::maps::MapError>,
+) {
+    for (k, v) in desired {
+        if current.get(k) != Some(v) {
+            match write(k, v) {
+                Ok(()) => {
+                    current.insert(*k, *v);
+                    stats.writes += 1;
+                }
+                Err(e) => stats.errors.push(format!("write {what} {k:?}: {e}")),
+            }
+        }
+    }
+}
+
+/// Deletes every entry of the mirror `current` that `desired` does not hold, and mirrors each
+/// deletion that succeeds; failures are reported in `stats`.
+fn remove_stale<K: Ord + Copy + std::fmt::Debug, V, D>(
+    current: &mut BTreeMap<K, V>,
+    desired: &BTreeMap<K, D>,
+    what: &str,
+    stats: &mut ApplyStats,
+    mut remove: impl FnMut(&K) -> std::result::Result<(), aya::maps::MapError>,
+) {
+    let stale: Vec<K> = current.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+    for k in stale {
+        match remove(&k) {
+            Ok(()) => {
+                current.remove(&k);
+                stats.deletes += 1;
+            }
+            Err(e) => stats.errors.push(format!("delete {what} {k:?}: {e}")),
         }
     }
 }
