@@ -204,8 +204,8 @@ fn sync(cfg: &RunConfig, compiler: &mut Compiler, datapath: &mut Datapath, statu
 
 fn endpoint_has(ep: &netpol_common::EndpointInfo, ip: &IpAddr) -> bool {
     match ip {
-        IpAddr::V4(a) => ep.flags & netpol_common::EP_HAS_IPV4 != 0 && ep.ipv4 == a.octets(),
-        IpAddr::V6(a) => ep.flags & netpol_common::EP_HAS_IPV6 != 0 && ep.ipv6 == a.octets(),
+        IpAddr::V4(a) => ep.flags & netpol_common::EP_HAS_IPV4 != 0 && ep.ipv4 == u32::from_ne_bytes(a.octets()),
+        IpAddr::V6(a) => ep.flags & netpol_common::EP_HAS_IPV6 != 0 && ep.ipv6 == netpol_common::IpKey::from_octets(a.octets()),
     }
 }
 

@@ -456,7 +456,7 @@ fn insert_entry(out: &mut BTreeMap<PolicyEntryKey, PolicyValue>, endpoint: u32, 
 pub fn ip_key(ip: &IpAddr) -> IpKey {
     match ip {
         IpAddr::V4(a) => IpKey::from_v4(a.octets()),
-        IpAddr::V6(a) => IpKey { addr: a.octets() },
+        IpAddr::V6(a) => IpKey::from_octets(a.octets()),
     }
 }
 
@@ -464,7 +464,7 @@ pub fn ip_key(ip: &IpAddr) -> IpKey {
 pub fn cidr_key(net: &IpNet) -> CidrKey {
     match net {
         IpNet::V4(n) => CidrKey { prefix_len: 96 + u32::from(n.prefix_len()), addr: IpKey::from_v4(n.network().octets()) },
-        IpNet::V6(n) => CidrKey { prefix_len: u32::from(n.prefix_len()), addr: IpKey { addr: n.network().octets() } },
+        IpNet::V6(n) => CidrKey { prefix_len: u32::from(n.prefix_len()), addr: IpKey::from_octets(n.network().octets()) },
     }
 }
 

@@ -543,9 +543,9 @@ pub fn endpoint_info(plan: &EndpointPlan, generation: u32) -> EndpointInfo {
         flags,
         generation,
         _pad: 0,
-        ipv4: plan.ipv4.map_or([0; 4], |a| a.octets()),
-        _pad2: [0; 4],
-        ipv6: plan.ipv6.map_or([0; 16], |a| a.octets()),
+        ipv4: plan.ipv4.map_or(0, |a| u32::from_ne_bytes(a.octets())),
+        _pad2: 0,
+        ipv6: plan.ipv6.map_or(IpKey::default(), |a| IpKey::from_octets(a.octets())),
     }
 }
 

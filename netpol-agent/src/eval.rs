@@ -38,7 +38,7 @@ pub fn peer_identities(desired: &Desired, peer: IpAddr) -> Vec<u32> {
         .filter(|(k, _)| {
             let n = k.prefix_len;
             let mask = if n == 0 { 0 } else { u128::MAX << (128 - n) };
-            u128::from_be_bytes(k.addr.addr) & mask == u128::from_be_bytes(key.addr) & mask
+            u128::from_be_bytes(k.addr.octets()) & mask == u128::from_be_bytes(key.octets()) & mask
         })
         .max_by_key(|(k, _)| k.prefix_len);
     if let Some((_, id)) = region {

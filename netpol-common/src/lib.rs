@@ -70,30 +70,87 @@ pub struct EndpointInfo {
     pub generation: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// The pod's IPv4 address (network order, in the first 4 bytes) when `EP_HAS_IPV4`.
-    pub ipv4: [u8; 4],
+    /// The pod's IPv4 address when `EP_HAS_IPV4`: its network-order bytes read as one native
+    /// word (`u32::from_ne_bytes(octets)`), so the classifier compares it in one instruction.
+    pub ipv4: u32,
     /// Explicit padding.
-    pub _pad2: [u8; 4],
+    pub _pad2: u32,
     /// The pod's IPv6 address when `EP_HAS_IPV6`.
-    pub ipv6: [u8; 16],
+    pub ipv6: IpKey,
 }
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 40);
 
 /// An IP address as 16 network-order bytes; IPv4 is `::ffff:a.b.c.d`. Key of [`MAP_IPCACHE`],
-/// data of the [`MAP_CIDRS`] LPM key (`prefix_len: u32` then the data, as the kernel lays it out) (prefix lengths of IPv4 regions are `96 + len`).
+/// data of the [`MAP_CIDRS`] LPM key (`prefix_len: u32` then the data, as the kernel lays it
+/// out; prefix lengths of IPv4 regions are `96 + len`), and both ends of conntrack keys.
+///
+/// Held as four native words whose memory is the 16 address bytes in network order: the same
+/// bytes in the maps as a byte array, but 4-byte aligned, so the BPF compiler copies and
+/// compares it in 4 word operations instead of 16 byte operations (the BPF target has no
+/// unaligned loads and splits every access to a byte array into single bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct IpKey {
-    /// Address bytes, network order.
-    pub addr: [u8; 16],
+    /// Address words; word `i` holds bytes `4i..4i+4` in network order (`u32::from_ne_bytes`).
+    pub addr: [u32; 4],
 }
 const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
 
+/// The third word of an IPv4-mapped address (`::ffff:0:0/96`).
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
 impl IpKey {
+    /// An address from its 16 network-order bytes.
+    #[inline(always)]
+    pub const fn from_octets(b: [u8; 16]) -> Self {
+        Self {
+            addr: [
+                u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+                u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+                u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+            ],
+        }
+    }
+
+    /// The 16 network-order bytes of the address.
+    #[inline(always)]
+    pub const fn octets(&self) -> [u8; 16] {
+        let [a, b, c, d] = self.addr;
+        let (a, b, c, d) = (
+            a.to_ne_bytes(),
+            b.to_ne_bytes(),
+            c.to_ne_bytes(),
+            d.to_ne_bytes(),
+        );
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
+    }
+
     /// The IPv4-mapped form of an IPv4 address given as network-order bytes.
     #[inline(always)]
     pub const fn from_v4(b: [u8; 4]) -> Self {
-        Self { addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]] }
+        Self::from_v4_word(u32::from_ne_bytes(b))
+    }
+
+    /// The IPv4-mapped form of an IPv4 address given as its network-order bytes read as one
+    /// native word.
+    #[inline(always)]
+    pub const fn from_v4_word(w: u32) -> Self {
+        Self {
+            addr: [0, 0, V4_MAPPED_WORD, w],
+        }
+    }
+
+    /// Whether this is the IPv4-mapped form of the IPv4 address `w` (as in [`Self::from_v4_word`]).
+    #[inline(always)]
+    pub const fn is_v4_word(&self, w: u32) -> bool {
+        self.addr[3] == w
+            && self.addr[2] == V4_MAPPED_WORD
+            && self.addr[1] == 0
+            && self.addr[0] == 0
     }
 }
 
@@ -174,8 +231,9 @@ pub struct PolicyValue {
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
 
 /// Key of [`MAP_CONNTRACK`]: a flow as seen on one endpoint, direction-neutral. The two
-/// (address, port) ends are stored in a canonical order (the smaller address first, then the
-/// smaller port) so that a packet and its reply find the same entry with one lookup.
+/// (address, port) ends are stored in a canonical order (a fixed total order over address words
+/// then port, chosen by the classifier) so that a packet and its reply find the same entry with
+/// one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtKey {
@@ -183,12 +241,15 @@ pub struct CtKey {
     pub endpoint: u32,
     /// IP protocol number.
     pub protocol: u8,
+    /// Explicit padding (a byte and a half-word rather than `[u8; 3]`, which the BPF
+    /// compiler clears with a `memset` call).
+    pub _pad: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
-    /// The canonically smaller end's address.
-    pub addr_a: [u8; 16],
+    pub _pad2: u16,
+    /// The canonically first end's address.
+    pub addr_a: IpKey,
     /// The other end's address.
-    pub addr_b: [u8; 16],
+    pub addr_b: IpKey,
     /// Port of `addr_a`'s end, big-endian (ICMP echo: the identifier).
     pub port_a_be: u16,
     /// Port of `addr_b`'s end, big-endian.
@@ -225,13 +286,15 @@ pub struct FragKey {
     /// IP identification (IPv4: 16 bits; IPv6 fragment header: 32 bits).
     pub id: u32,
     /// Source address.
-    pub src: [u8; 16],
+    pub src: IpKey,
     /// Destination address.
-    pub dst: [u8; 16],
+    pub dst: IpKey,
     /// IP protocol of the datagram.
     pub protocol: u8,
+    /// Explicit padding (see [`CtKey::_pad`]).
+    pub _pad: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
 
@@ -347,7 +410,10 @@ impl Reason {
 #[cfg(feature = "user")]
 mod user {
     //! `aya::Pod` for the map types, so the agent can read and write them.
-    use super::{CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PolicyKey, PolicyValue};
+    use super::{
+        CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PolicyKey,
+        PolicyValue,
+    };
 
     // SAFETY: each type is #[repr(C)], Copy, made only of integers and byte arrays, with every
     // padding byte an explicit field, so any bit pattern is valid and there are no hidden bytes.
@@ -368,4 +434,27 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FragValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IpKey;
+
+    #[test]
+    fn ip_key_words_hold_network_order_bytes() {
+        let b: [u8; 16] = [0xfd, 0, 1, 0x98, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        let k = IpKey::from_octets(b);
+        assert_eq!(k.octets(), b);
+        // SAFETY: IpKey is 16 plain bytes (repr(C), four u32s).
+        let raw: [u8; 16] = unsafe { core::mem::transmute(k) };
+        assert_eq!(raw, b, "the map sees the address bytes in network order");
+        let v4 = IpKey::from_v4([198, 18, 0, 10]);
+        assert_eq!(
+            v4.octets(),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 10]
+        );
+        assert!(v4.is_v4_word(u32::from_ne_bytes([198, 18, 0, 10])));
+        assert!(!v4.is_v4_word(u32::from_ne_bytes([198, 18, 0, 11])));
+        assert!(!IpKey::from_octets([0; 16]).is_v4_word(0));
+    }
 }

@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    CtKey, EndpointInfo, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
+    EndpointInfo, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
 };
 
 use crate::{
@@ -68,14 +68,13 @@ fn decide(ctx: &TcContext, direction: u8) -> Reason {
         None => return Reason::AllowUnknownInterface,
     };
     let isolated = policy::isolated(ep, direction);
-    let mut p = Packet::empty();
-    match parse::parse(ctx, &mut p) {
-        Ok(()) => {}
+    let p = match parse::parse(ctx) {
+        Ok(p) => p,
         Err(NotIp::Arp) => return Reason::AllowNonIp,
         Err(NotIp::Other) => return if isolated { Reason::DropNonIp } else { Reason::AllowNonIp },
         Err(NotIp::Malformed) => return Reason::DropMalformed,
         Err(NotIp::TooManyExtHeaders) => return Reason::DropExtHeaders,
-    }
+    };
     let from_pod = direction == DIR_EGRESS;
     let (own, peer) = if from_pod { (&p.src, &p.dst) } else { (&p.dst, &p.src) };
 
@@ -95,8 +94,7 @@ fn decide(ctx: &TcContext, direction: u8) -> Reason {
         return Reason::AllowRelated;
     }
 
-    let mut key = CtKey::default();
-    let src_is_a = conntrack::flow_key(&mut key, ep.endpoint, &p);
+    let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
     if let Some(ct) = maps::CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer for the duration of the program.
         let ct = unsafe { &mut *ct };
@@ -129,10 +127,10 @@ fn decide(ctx: &TcContext, direction: u8) -> Reason {
 /// Whether `addr` is one of the endpoint's own addresses.
 #[inline(always)]
 fn is_own_address(ep: &EndpointInfo, addr: &IpKey) -> bool {
-    if ep.flags & EP_HAS_IPV4 != 0 && *addr == IpKey::from_v4(ep.ipv4) {
+    if ep.flags & EP_HAS_IPV4 != 0 && addr.is_v4_word(ep.ipv4) {
         return true;
     }
-    ep.flags & EP_HAS_IPV6 != 0 && addr.addr == ep.ipv6
+    ep.flags & EP_HAS_IPV6 != 0 && *addr == ep.ipv6
 }
 
 /// ICMPv6 sent from a link-local or the unspecified address: neighbour discovery, duplicate
@@ -143,8 +141,9 @@ fn is_link_local_icmpv6(p: &Packet) -> bool {
         return false;
     }
     let a = &p.src.addr;
-    let link_local = a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
-    link_local || *a == [0u8; 16]
+    // fe80::/10: the first 10 bits of the first word, read as a big-endian number.
+    let link_local = u32::from_be(a[0]) >> 22 == 0xfe80 >> 6;
+    link_local || *a == [0u32; 4]
 }
 
 /// ICMPv6 types of neighbour discovery (RFC 4861: 133-137) and multicast listener messages
@@ -169,7 +168,7 @@ fn later_fragment(ep: &EndpointInfo, p: &Packet, isolated: bool) -> Reason {
 
 #[inline(always)]
 fn frag_key(ep: &EndpointInfo, p: &Packet) -> FragKey {
-    FragKey { endpoint: ep.endpoint, id: p.frag_id, src: p.src.addr, dst: p.dst.addr, protocol: p.protocol, _pad: [0; 3] }
+    FragKey { endpoint: ep.endpoint, id: p.frag_id, src: p.src, dst: p.dst, protocol: p.protocol, _pad: 0, _pad2: 0 }
 }
 
 /// Records an allowed first fragment so that the datagram's later fragments pass.
@@ -189,10 +188,7 @@ fn insert_first_fragment(ep: &EndpointInfo, p: &Packet) {
 /// own BPF function).
 #[inline(never)]
 fn related_to_tracked_flow(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> bool {
-    let mut key = CtKey::default();
-    if !parse::quoted_flow_key(ctx, p, ep.endpoint, &mut key) {
-        return false;
-    }
+    let Some(key) = parse::quoted_flow_key(ctx, p, ep.endpoint) else { return false };
     // SAFETY: only checked for presence.
     unsafe { maps::CONNTRACK.get(&key) }.is_some()
 }

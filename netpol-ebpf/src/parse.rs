@@ -86,7 +86,7 @@ pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
     Some((start + off) as *const T)
 }
 
-/// Reads a `T` at `off`, unaligned.
+/// Reads a `T` at `off`, unaligned (byte by byte: the BPF target has no unaligned loads).
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     // SAFETY: ptr_at checked that the whole T lies inside the packet; read_unaligned because
@@ -94,41 +94,61 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     ptr_at::<T>(ctx, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
 
-impl Packet {
-    /// A packet with every field zero, to be filled by [`parse`].
-    #[inline(always)]
-    pub const fn empty() -> Self {
-        Packet {
-            src: IpKey { addr: [0; 16] },
-            dst: IpKey { addr: [0; 16] },
-            protocol: 0,
-            sport_be: 0,
-            dport_be: 0,
-            icmp_type: 0,
-            icmp_error: false,
-            fragment: Fragment::None,
-            frag_id: 0,
-            ipv6: false,
-            l4: 0,
-        }
-    }
+/// Reads a `T` made of 2- or 4-byte words at `off` with one load per word, for the hot fields
+/// (addresses, ports). The frame gives no alignment guarantee, and none is needed at run time:
+/// the verifier checks packet alignment only under strict alignment, which the architectures
+/// with efficient unaligned access (x86-64, arm64) do not use, and their JITs' loads take any
+/// address. Reading through the typed pointer lets the compiler emit word loads instead of the
+/// byte loads and shifts of [`read`].
+#[inline(always)]
+pub fn read_words<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    // SAFETY: ptr_at checked that the whole T lies inside the packet; see above for alignment.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { core::ptr::read(p) })
 }
 
-/// Parses the frame into `p`. `Err` says why it is not an IP packet this classifier can judge.
+/// What [`parse_l4`] found in the L4 header.
+#[derive(Clone, Copy)]
+struct L4 {
+    sport_be: u16,
+    dport_be: u16,
+    icmp_type: u8,
+    icmp_error: bool,
+}
+
+/// No L4 header read (a later fragment, or a protocol without ports).
+const NO_L4: L4 = L4 { sport_be: 0, dport_be: 0, icmp_type: 0, icmp_error: false };
+
+/// Parses the frame. `Err` says why it is not an IP packet this classifier can judge. The
+/// packet is built whole at the end, never zeroed first: the compiler turns zeroing into a
+/// byte-wise `memset` loop on this target.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<(), NotIp> {
-    let ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or(NotIp::Malformed)?);
+pub fn parse(ctx: &TcContext) -> Result<Packet, NotIp> {
+    let ethertype = u16::from_be(read_words::<u16>(ctx, 12).ok_or(NotIp::Malformed)?);
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, ETH_LEN, p),
-        ETH_P_IPV6 => parse_ipv6(ctx, ETH_LEN, p),
+        ETH_P_IPV4 => parse_ipv4(ctx, ETH_LEN),
+        ETH_P_IPV6 => parse_ipv6(ctx, ETH_LEN),
         ETH_P_ARP => Err(NotIp::Arp),
         _ => Err(NotIp::Other),
     }
 }
 
+/// The fragment position from a fragment offset and the more-fragments flag.
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<(), NotIp> {
-    let vihl: u8 = read(ctx, off).ok_or(NotIp::Malformed)?;
+fn fragment_of(offset: u16, more: bool) -> Fragment {
+    if offset != 0 {
+        Fragment::Later
+    } else if more {
+        Fragment::First
+    } else {
+        Fragment::None
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, off: usize) -> Result<Packet, NotIp> {
+    // The whole fixed header must be there before any field of it is read.
+    let [w0, w1, w2, src, dst]: [u32; 5] = read_words(ctx, off).ok_or(NotIp::Malformed)?;
+    let [vihl, _, _, _] = w0.to_ne_bytes();
     if vihl >> 4 != 4 {
         return Err(NotIp::Malformed);
     }
@@ -136,42 +156,38 @@ fn parse_ipv4(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<(), NotIp> 
     if ihl < 20 {
         return Err(NotIp::Malformed);
     }
-    // Make sure the whole fixed header is there before reading fields of it.
-    if ptr_at::<[u8; 20]>(ctx, off).is_none() {
-        return Err(NotIp::Malformed);
-    }
-    let id_be: u16 = read(ctx, off + 4).ok_or(NotIp::Malformed)?;
-    let frag = u16::from_be(read::<u16>(ctx, off + 6).ok_or(NotIp::Malformed)?);
-    p.protocol = read(ctx, off + 9).ok_or(NotIp::Malformed)?;
-    p.src = IpKey::from_v4(read(ctx, off + 12).ok_or(NotIp::Malformed)?);
-    p.dst = IpKey::from_v4(read(ctx, off + 16).ok_or(NotIp::Malformed)?);
-    let offset = frag & 0x1fff;
-    let more = frag & 0x2000 != 0;
-    p.frag_id = u16::from_be(id_be) as u32;
-    p.fragment = if offset != 0 {
-        Fragment::Later
-    } else if more {
-        Fragment::First
-    } else {
-        Fragment::None
-    };
-    p.l4 = off + ihl;
-    if p.fragment != Fragment::Later {
-        parse_l4(ctx, p)?;
-    }
-    Ok(())
+    let [id_hi, id_lo, frag_hi, frag_lo] = w1.to_ne_bytes();
+    let frag = u16::from_be_bytes([frag_hi, frag_lo]);
+    let protocol = w2.to_ne_bytes()[1];
+    let fragment = fragment_of(frag & 0x1fff, frag & 0x2000 != 0);
+    let l4 = off + ihl;
+    let ports = if fragment == Fragment::Later { NO_L4 } else { parse_l4(ctx, protocol, l4)? };
+    Ok(Packet {
+        src: IpKey::from_v4_word(src),
+        dst: IpKey::from_v4_word(dst),
+        protocol,
+        sport_be: ports.sport_be,
+        dport_be: ports.dport_be,
+        icmp_type: ports.icmp_type,
+        icmp_error: ports.icmp_error,
+        fragment,
+        frag_id: u32::from(u16::from_be_bytes([id_hi, id_lo])),
+        ipv6: false,
+        l4,
+    })
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<(), NotIp> {
+fn parse_ipv6(ctx: &TcContext, off: usize) -> Result<Packet, NotIp> {
     let first: u8 = read(ctx, off).ok_or(NotIp::Malformed)?;
     if first >> 4 != 6 {
         return Err(NotIp::Malformed);
     }
-    p.ipv6 = true;
     let mut next: u8 = read(ctx, off + 6).ok_or(NotIp::Malformed)?;
-    p.src = IpKey { addr: read(ctx, off + 8).ok_or(NotIp::Malformed)? };
-    p.dst = IpKey { addr: read(ctx, off + 24).ok_or(NotIp::Malformed)? };
+    let src = IpKey { addr: read_words(ctx, off + 8).ok_or(NotIp::Malformed)? };
+    let dst = IpKey { addr: read_words(ctx, off + 24).ok_or(NotIp::Malformed)? };
+    let mut fragment = Fragment::None;
+    let mut frag_id = 0;
     let mut l4 = off + 40;
     let mut i = 0;
     while i < IPV6_EXT_MAX {
@@ -190,15 +206,8 @@ fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<(), NotIp> 
                 let hdr: [u8; 8] = read(ctx, l4).ok_or(NotIp::Malformed)?;
                 next = hdr[0];
                 let offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
-                let more = hdr[3] & 1 != 0;
-                p.frag_id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
-                p.fragment = if offset != 0 {
-                    Fragment::Later
-                } else if more {
-                    Fragment::First
-                } else {
-                    Fragment::None
-                };
+                frag_id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+                fragment = fragment_of(offset, hdr[3] & 1 != 0);
                 l4 += 8;
             }
             _ => break,
@@ -209,87 +218,77 @@ fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<(), NotIp> 
     {
         return Err(NotIp::TooManyExtHeaders);
     }
-    p.protocol = next;
-    p.l4 = l4;
-    if p.fragment != Fragment::Later {
-        parse_l4(ctx, p)?;
-    }
-    Ok(())
+    let ports = if fragment == Fragment::Later { NO_L4 } else { parse_l4(ctx, next, l4)? };
+    Ok(Packet {
+        src,
+        dst,
+        protocol: next,
+        sport_be: ports.sport_be,
+        dport_be: ports.dport_be,
+        icmp_type: ports.icmp_type,
+        icmp_error: ports.icmp_error,
+        fragment,
+        frag_id,
+        ipv6: true,
+        l4,
+    })
 }
 
-/// Fills ports (or the ICMP type and echo identifier) from the L4 header at `p.l4`.
+/// The ports (or the ICMP type and echo identifier) of the L4 header at `l4`.
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, p: &mut Packet) -> Result<(), NotIp> {
-    match p.protocol {
+fn parse_l4(ctx: &TcContext, protocol: u8, l4: usize) -> Result<L4, NotIp> {
+    match protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            let ports: [u16; 2] = read(ctx, p.l4).ok_or(NotIp::Malformed)?;
-            p.sport_be = ports[0];
-            p.dport_be = ports[1];
+            let ports: [u16; 2] = read_words(ctx, l4).ok_or(NotIp::Malformed)?;
+            Ok(L4 { sport_be: ports[0], dport_be: ports[1], icmp_type: 0, icmp_error: false })
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let hdr: [u8; 8] = read(ctx, p.l4).ok_or(NotIp::Malformed)?;
-            p.icmp_type = hdr[0];
-            let echo = if p.protocol == IPPROTO_ICMP {
-                hdr[0] == 8 || hdr[0] == 0
+            let hdr: [u8; 8] = read(ctx, l4).ok_or(NotIp::Malformed)?;
+            let icmp_type = hdr[0];
+            let echo = if protocol == IPPROTO_ICMP {
+                icmp_type == 8 || icmp_type == 0
             } else {
-                hdr[0] == 128 || hdr[0] == 129
+                icmp_type == 128 || icmp_type == 129
             };
-            let error = if p.protocol == IPPROTO_ICMP {
-                matches!(hdr[0], 3 | 4 | 5 | 11 | 12)
+            let icmp_error = if protocol == IPPROTO_ICMP {
+                matches!(icmp_type, 3 | 4 | 5 | 11 | 12)
             } else {
-                hdr[0] >= 1 && hdr[0] <= 4
+                (1..=4).contains(&icmp_type)
             };
-            if echo {
-                let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
-                p.sport_be = id;
-                p.dport_be = id;
-            }
-            p.icmp_error = error;
+            let id = if echo { u16::from_ne_bytes([hdr[4], hdr[5]]) } else { 0 };
+            Ok(L4 { sport_be: id, dport_be: id, icmp_type, icmp_error })
         }
-        _ => {}
+        _ => Ok(NO_L4),
     }
-    Ok(())
 }
 
-/// Fills `key` with the conntrack key (on `endpoint`) of the packet an ICMP error quotes
-/// (`p.icmp_error`): that packet was sent the other way, by the flow the error belongs to.
-/// Returns false when the quoted headers are not there.
+/// The conntrack key (on `endpoint`) of the packet an ICMP error quotes (`p.icmp_error`): that
+/// packet was sent the other way, by the flow the error belongs to. `None` when the quoted
+/// headers are not there.
 #[inline(always)]
-pub fn quoted_flow_key(ctx: &TcContext, p: &Packet, endpoint: u32, key: &mut CtKey) -> bool {
+pub fn quoted_flow_key(ctx: &TcContext, p: &Packet, endpoint: u32) -> Option<CtKey> {
     let inner = p.l4 + 8;
-    let mut q = Packet::empty();
-    let l4: usize;
-    if p.ipv6 {
-        let Some(next) = read::<u8>(ctx, inner + 6) else { return false };
-        let Some(s) = read::<[u8; 16]>(ctx, inner + 8) else { return false };
-        q.src.addr = s;
-        let Some(d) = read::<[u8; 16]>(ctx, inner + 24) else { return false };
-        q.dst.addr = d;
-        q.protocol = next;
-        l4 = inner + 40;
+    let (src, dst, protocol, l4) = if p.ipv6 {
+        let next = read::<u8>(ctx, inner + 6)?;
+        let src = IpKey { addr: read_words(ctx, inner + 8)? };
+        let dst = IpKey { addr: read_words(ctx, inner + 24)? };
+        (src, dst, next, inner + 40)
     } else {
-        let Some(vihl) = read::<u8>(ctx, inner) else { return false };
-        let ihl = ((vihl & 0x0f) as usize) * 4;
+        let [w0, _, w2, src, dst]: [u32; 5] = read_words(ctx, inner)?;
+        let ihl = ((w0.to_ne_bytes()[0] & 0x0f) as usize) * 4;
         if ihl < 20 {
-            return false;
+            return None;
         }
-        let Some(s) = read::<[u8; 4]>(ctx, inner + 12) else { return false };
-        q.src = IpKey::from_v4(s);
-        let Some(d) = read::<[u8; 4]>(ctx, inner + 16) else { return false };
-        q.dst = IpKey::from_v4(d);
-        let Some(proto) = read::<u8>(ctx, inner + 9) else { return false };
-        q.protocol = proto;
-        l4 = inner + ihl;
-    }
-    let Some(ports) = read::<[u16; 2]>(ctx, l4) else { return false };
-    (q.sport_be, q.dport_be) = match q.protocol {
+        (IpKey::from_v4_word(src), IpKey::from_v4_word(dst), w2.to_ne_bytes()[1], inner + ihl)
+    };
+    let ports: [u16; 2] = read(ctx, l4)?;
+    let (sport_be, dport_be) = match protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => (ports[0], ports[1]),
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let Some(id) = read::<u16>(ctx, l4 + 4) else { return false };
+            let id = read::<u16>(ctx, l4 + 4)?;
             (id, id)
         }
         _ => (0, 0),
     };
-    crate::conntrack::flow_key(key, endpoint, &q);
-    true
+    Some(crate::conntrack::flow_key(endpoint, protocol, &src, sport_be, &dst, dport_be).0)
 }

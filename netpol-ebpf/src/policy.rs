@@ -52,7 +52,7 @@ pub fn allows(ep: &EndpointInfo, direction: u8, peer: &IpKey, protocol: u8, dpor
 /// The CIDR identity of the region `peer` falls in, or 0 when no ipBlock covers it.
 #[inline(never)]
 fn cidr_identity(peer: &IpKey) -> u32 {
-    let key = Key::new(128, IpKey { addr: peer.addr });
+    let key = Key::new(128, *peer);
     match CIDRS.get(&key) {
         Some(id) => id.identity,
         None => 0,
