@@ -1,11 +1,15 @@
-//! The agent's run loop: every trigger (a manifest change, a link event, a periodic tick)
-//! schedules one debounced, level-triggered sync that reads the whole source, compiles it, finds
-//! the local pods' veths and reconciles the data path.
+//! The agent's run loop: every trigger (a manifest change, an API watch event, a link event, a
+//! periodic tick) schedules one debounced, level-triggered sync that takes a snapshot of the
+//! whole source, compiles it, finds the local pods' veths and reconciles the data path.
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -17,16 +21,27 @@ use tracing::{debug, info, warn};
 use crate::{
     compiler::{CompileOptions, Compiler, Desired},
     datapath::{Datapath, PodInterface},
-    manifests,
+    health,
+    kube_source::KubeSource,
     model::{ObjectRef, Problem},
     netlink,
+    source::Source,
 };
+
+/// Where the agent reads the cluster from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A manifest directory.
+    Manifests(PathBuf),
+    /// The Kubernetes API (KUBECONFIG, or the in-cluster service account).
+    Kube,
+}
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// The manifest directory.
-    pub manifests: PathBuf,
+    /// The source of the cluster state.
+    pub source: SourceConfig,
     /// This node's name.
     pub node: String,
     /// Where maps and links are pinned.
@@ -37,13 +52,19 @@ pub struct RunConfig {
     pub allow_host: bool,
     /// Resync at least this often.
     pub resync: Duration,
+    /// Where to serve `/healthz` and `/readyz` (none: no health endpoints).
+    pub health_addr: Option<SocketAddr>,
 }
 
 /// What the agent reports after each sync (the `--status-file`).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Status {
-    /// Digest of the manifest content applied (see `manifests::digest_dir`).
+    /// Digest of the manifest content applied (see `manifests::digest_dir`; manifest source).
     pub manifest_digest: String,
+    /// The newest resourceVersion applied per resource (API source).
+    pub resource_versions: BTreeMap<String, String>,
+    /// Whether a complete state has been programmed.
+    pub ready: bool,
     /// Syncs done since start.
     pub syncs: u64,
     /// Local pods (`namespace/name`) the manifests place on this node.
@@ -65,6 +86,7 @@ const UNATTACHED_RESYNC: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 enum Trigger {
     Manifests,
+    Api,
     Links,
 }
 
@@ -76,17 +98,39 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
     let (tx, mut rx) = mpsc::channel::<Trigger>(64);
 
-    let manifest_tx = tx.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the manifests raises access events; only changes schedule a sync.
-        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-            let _ = manifest_tx.try_send(Trigger::Manifests);
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = match cfg.health_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen for health probes on {addr}"))?;
+            info!(%addr, "serving /healthz and /readyz");
+            Some(tokio::spawn(health::serve(listener, ready.clone())))
         }
-    })
-    .context("create manifest watcher")?;
-    watcher
-        .watch(&cfg.manifests, notify::RecursiveMode::Recursive)
-        .with_context(|| format!("watch {}", cfg.manifests.display()))?;
+        None => None,
+    };
+
+    let (source, watcher) = match &cfg.source {
+        SourceConfig::Manifests(dir) => {
+            let manifest_tx = tx.clone();
+            let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reading the manifests raises access events; only changes schedule a sync.
+                if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+                    let _ = manifest_tx.try_send(Trigger::Manifests);
+                }
+            })
+            .context("create manifest watcher")?;
+            watcher.watch(dir, notify::RecursiveMode::Recursive).with_context(|| format!("watch {}", dir.display()))?;
+            (Source::Manifests(dir.clone()), Some(watcher))
+        }
+        SourceConfig::Kube => {
+            let client = kube::Client::try_default().await.context("configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
+            let api_tx = tx.clone();
+            let source = KubeSource::start(client, &cfg.node, move || {
+                // A full channel already holds a pending sync.
+                let _ = api_tx.try_send(Trigger::Api);
+            });
+            (Source::Kube(source), None)
+        }
+    };
 
     let events = netlink::LinkEvents::subscribe().context("subscribe to link events")?;
     let link_tx = tx.clone();
@@ -107,7 +151,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut next_sync = tokio::time::Instant::now();
     let mut unattached_delay = UNATTACHED_RESYNC;
-    info!(node = %cfg.node, manifests = %cfg.manifests.display(), pin_path = %cfg.pin_path.display(), "netpol agent started");
+    info!(node = %cfg.node, source = %source.describe(), pin_path = %cfg.pin_path.display(), "netpol agent started");
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -122,9 +166,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         let started = Instant::now();
         next_sync = tokio::time::Instant::now() + cfg.resync;
-        if let Err(e) = sync(&cfg, &mut compiler, &mut datapath, &mut status, &mut seeded) {
-            warn!(error = format!("{e:#}"), "sync failed; the last programmed state stays enforced");
-            continue;
+        match sync(&cfg, &source, &mut compiler, &mut datapath, &mut status, &mut seeded) {
+            Ok(true) => {
+                if !ready.swap(true, Ordering::Relaxed) {
+                    info!("first complete state programmed; ready");
+                }
+            }
+            Ok(false) => {
+                debug!("waiting for the source's first complete state; nothing programmed");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "sync failed; the last programmed state stays enforced");
+                continue;
+            }
         }
         debug!(elapsed_ms = started.elapsed().as_millis() as u64, "synced");
         // A pod's address is configured inside its own namespace, which raises no event here:
@@ -139,12 +194,26 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
     info!("netpol agent stopping; enforcement stays in place (pinned under {})", cfg.pin_path.display());
     drop(watcher);
+    drop(source);
+    if let Some(h) = health {
+        h.abort();
+    }
     Ok(())
 }
 
-/// One level-triggered sync.
-fn sync(cfg: &RunConfig, compiler: &mut Compiler, datapath: &mut Datapath, status: &mut Status, seeded: &mut bool) -> anyhow::Result<()> {
-    let loaded = manifests::load_dir(&cfg.manifests).with_context(|| format!("read {}", cfg.manifests.display()))?;
+/// One level-triggered sync. `Ok(false)` when the source has no complete snapshot yet, so
+/// nothing was programmed.
+fn sync(
+    cfg: &RunConfig,
+    source: &Source,
+    compiler: &mut Compiler,
+    datapath: &mut Datapath,
+    status: &mut Status,
+    seeded: &mut bool,
+) -> anyhow::Result<bool> {
+    let Some(loaded) = source.snapshot()? else {
+        return Ok(false);
+    };
     let host_ips = if cfg.allow_host { netlink::local_addresses().context("list node addresses")? } else { Vec::new() };
     if !*seeded {
         // Keep the endpoint ids an earlier agent gave (by pod address), so conntrack entries
@@ -184,7 +253,9 @@ fn sync(cfg: &RunConfig, compiler: &mut Compiler, datapath: &mut Datapath, statu
             info!(pod = %pod, interface = %iface.name, ifindex = iface.ifindex, "enforcing on pod");
         }
     }
-    status.manifest_digest = loaded.digest;
+    status.manifest_digest = loaded.manifest_digest;
+    status.resource_versions = loaded.resource_versions;
+    status.ready = true;
     status.syncs += 1;
     status.local_pods = desired.endpoints.keys().map(ToString::to_string).collect();
     status.attached = interfaces.keys().map(ToString::to_string).collect();
@@ -199,7 +270,7 @@ fn sync(cfg: &RunConfig, compiler: &mut Compiler, datapath: &mut Datapath, statu
     if let Some(path) = &cfg.status_file {
         write_status(path, status).with_context(|| format!("write status {}", path.display()))?;
     }
-    Ok(())
+    Ok(true)
 }
 
 fn endpoint_has(ep: &netpol_common::EndpointInfo, ip: &IpAddr) -> bool {

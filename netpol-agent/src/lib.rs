@@ -1,7 +1,8 @@
-//! netpol-agent as a library: the typed cluster snapshot ([`model`]), the manifest source
-//! ([`manifests`]), the pure policy compiler ([`compiler`]), and the effectful edges: the data
-//! path loader and reconciler ([`datapath`]), netlink discovery ([`netlink`]) and the run loop
-//! ([`agent`]).
+//! netpol-agent as a library: the typed cluster snapshot ([`model`]), its sources ([`source`]:
+//! the manifest directory, [`manifests`], or the Kubernetes API, [`kube_source`]), the pure
+//! policy compiler ([`compiler`]), and the effectful edges: the data path loader and reconciler
+//! ([`datapath`]), netlink discovery ([`netlink`]), the health endpoints ([`health`]) and the
+//! run loop ([`agent`]).
 pub mod agent;
 pub mod cidr;
 pub mod compiler;
@@ -9,8 +10,11 @@ pub mod compiler;
 mod compiler_tests;
 pub mod datapath;
 pub mod eval;
+pub mod health;
+pub mod kube_source;
 pub mod manifests;
 pub mod model;
 pub mod netlink;
 pub mod ports;
 pub mod selector;
+pub mod source;

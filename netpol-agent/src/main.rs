@@ -17,11 +17,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enforce the policies of a manifest directory on this node.
+    /// Enforce the cluster's policies on this node: from the Kubernetes API (KUBECONFIG, or the
+    /// in-cluster service account), or from a manifest directory.
     Run {
-        /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive).
+        /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive),
+        /// read instead of the Kubernetes API.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
         /// This node's name (pods with this spec.nodeName are enforced here).
         #[arg(long, env = "NODE_NAME")]
         node_name: String,
@@ -37,6 +39,9 @@ enum Command {
         /// Resync period in seconds (changes are also picked up as they happen).
         #[arg(long, default_value_t = 5)]
         resync_seconds: u64,
+        /// Serve /healthz and /readyz on this address ("off": not at all).
+        #[arg(long, default_value = netpol_agent::health::DEFAULT_ADDR)]
+        health_addr: String,
     },
     /// Remove every program, link and map pinned under the pin path (stops enforcement).
     Uninstall {
@@ -56,19 +61,24 @@ fn main() -> anyhow::Result<()> {
         builder.init();
     }
     match cli.command {
-        Command::Run { manifests, node_name, pin_path, status_file, no_host_access, resync_seconds } => {
+        Command::Run { manifests, node_name, pin_path, status_file, no_host_access, resync_seconds, health_addr } => {
+            let health_addr = match health_addr.as_str() {
+                "off" => None,
+                a => Some(a.parse().with_context(|| format!("--health-addr {a:?}: not an address:port"))?),
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("start tokio runtime")?;
             runtime.block_on(agent::run(RunConfig {
-                manifests,
+                source: manifests.map_or(agent::SourceConfig::Kube, agent::SourceConfig::Manifests),
                 node: node_name,
                 pin_path,
                 status_file,
                 allow_host: !no_host_access,
                 resync: Duration::from_secs(resync_seconds.max(1)),
+                health_addr,
             }))
         }
         Command::Uninstall { pin_path } => {
