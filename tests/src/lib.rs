@@ -7,6 +7,7 @@
 //! also when a test panics; names are unique per process and sandbox, so tests run in parallel.
 
 pub mod agent;
+pub mod apiserver;
 pub mod cluster;
 pub mod demo_steps;
 pub mod manifests;
