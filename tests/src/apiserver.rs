@@ -105,6 +105,7 @@ struct State {
     events: Vec<Value>,
     uids: u64,
     requests: Vec<String>,
+    expired: u64,
 }
 
 impl State {
@@ -307,6 +308,11 @@ impl ApiServer {
         lock(&self.state).requests.clone()
     }
 
+    /// How many watches were refused with 410 Gone (an expired resourceVersion).
+    pub fn expired_watches(&self) -> u64 {
+        lock(&self.state).expired
+    }
+
     /// Ends every open watch cleanly (as the server's own watch timeout does).
     pub fn end_watches(&self) {
         lock(&self.state).watches.clear();
@@ -466,6 +472,7 @@ fn watch(state: &Arc<Mutex<State>>, kind: Kind, namespace: Option<String>, q: &B
                 }
             }
         } else if from < st.oldest {
+            st.expired += 1;
             let _ = w.tx.send(watch_line("ERROR", &gone(from, st.oldest)));
             drop(w);
             return stream_response(rx, timeout);
@@ -600,6 +607,7 @@ mod tests {
         assert!(next(&mut open).is_none());
         let mut late = open_watch(api.addr(), &format!("/api/v1/pods?watch=true&resourceVersion={rv}"));
         assert_eq!(next(&mut late).unwrap()["object"]["reason"], "Expired");
+        assert_eq!(api.expired_watches(), 1);
         let now = api.resource_version();
         let mut fresh = open_watch(api.addr(), &format!("/api/v1/pods?watch=true&resourceVersion={now}&timeoutSeconds=1"));
         let started = std::time::Instant::now();
