@@ -1,0 +1,139 @@
+//! The manifests in `deploy/`: every document parses into its Kubernetes type, the ClusterRole
+//! grants every API call the agent makes, and the DaemonSet wires what the agent needs.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{Namespace, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use netpol_agent::kube_source::API_CALLS;
+use serde::Deserialize as _;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Every Kubernetes document under deploy/ (kind's cluster config is not one).
+fn documents() -> Vec<(String, serde_yaml::Value)> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .expect("deploy/")
+        .map(|e| e.expect("deploy/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("read a manifest");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if value.is_null() || value["apiVersion"].as_str().is_some_and(|v| v.starts_with("kind.x-k8s.io/")) {
+                continue;
+            }
+            out.push((path.display().to_string(), value));
+        }
+    }
+    out
+}
+
+fn of_kind<T: serde::de::DeserializeOwned>(kind: &str) -> Vec<T> {
+    documents()
+        .into_iter()
+        .filter(|(_, v)| v["kind"] == kind)
+        .map(|(file, v)| serde_yaml::from_value(v).unwrap_or_else(|e| panic!("{file}: not a valid {kind}: {e}")))
+        .collect()
+}
+
+#[test]
+fn every_document_parses_into_its_kubernetes_type() {
+    let docs = documents();
+    assert!(!docs.is_empty());
+    for (file, v) in docs {
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        let parsed = match kind.as_str() {
+            "Namespace" => serde_yaml::from_value::<Namespace>(v).map(drop),
+            "ServiceAccount" => serde_yaml::from_value::<ServiceAccount>(v).map(drop),
+            "ClusterRole" => serde_yaml::from_value::<ClusterRole>(v).map(drop),
+            "ClusterRoleBinding" => serde_yaml::from_value::<ClusterRoleBinding>(v).map(drop),
+            "DaemonSet" => serde_yaml::from_value::<DaemonSet>(v).map(drop),
+            other => panic!("{file}: unexpected kind {other:?}"),
+        };
+        parsed.unwrap_or_else(|e| panic!("{file}: invalid {kind}: {e}"));
+    }
+    for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"] {
+        assert_eq!(documents().iter().filter(|(_, v)| v["kind"] == kind).count(), 1, "one {kind}");
+    }
+}
+
+#[test]
+fn the_cluster_role_grants_every_call_the_agent_makes() {
+    let role = of_kind::<ClusterRole>("ClusterRole").remove(0);
+    let rules = role.rules.unwrap_or_default();
+    for call in API_CALLS {
+        let granted = rules.iter().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == call.group)
+                && r.resources.iter().flatten().any(|x| x == call.resource)
+                && r.verbs.iter().any(|v| v == call.verb)
+        });
+        assert!(granted, "the ClusterRole does not grant {call:?}");
+    }
+    // Least privilege: no wildcards, nothing that writes pods, namespaces or policies.
+    for r in &rules {
+        assert!(!r.verbs.iter().any(|v| v == "*"), "{r:?}");
+        assert!(!r.resources.iter().flatten().any(|x| x == "*"), "{r:?}");
+        if r.resources.iter().flatten().any(|x| x != "events") {
+            assert!(r.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())), "{r:?}");
+        }
+    }
+    let binding = of_kind::<ClusterRoleBinding>("ClusterRoleBinding").remove(0);
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+    let sa = of_kind::<ServiceAccount>("ServiceAccount").remove(0);
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        (sa.metadata.name.as_deref().unwrap(), sa.metadata.namespace.as_deref())
+    );
+}
+
+#[test]
+fn the_daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
+    let ds = of_kind::<DaemonSet>("DaemonSet").remove(0);
+    let pod = ds.spec.template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("netpol-agent"));
+    assert!(pod.tolerations.unwrap().iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()));
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    assert!(args.iter().any(|a| a == "run"));
+    assert!(!args.iter().any(|a| a.starts_with("--manifests")), "the API source");
+    let node = c.env.iter().flatten().find(|e| e.name == "NODE_NAME").expect("NODE_NAME");
+    let field = node.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).expect("fieldRef");
+    assert_eq!(field.field_path, "spec.nodeName");
+    let caps = c.security_context.as_ref().and_then(|s| s.capabilities.as_ref()).and_then(|c| c.add.clone()).unwrap_or_default();
+    for cap in ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"] {
+        assert!(caps.iter().any(|c| c == cap), "capability {cap}");
+    }
+    assert_ne!(c.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    let port = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let get = probe.as_ref().and_then(|p| p.http_get.clone()).expect("httpGet probe");
+        (get.path.unwrap_or_default(), get.port)
+    };
+    let health = k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(
+        netpol_agent::health::DEFAULT_ADDR.rsplit(':').next().unwrap().parse().unwrap(),
+    );
+    assert_eq!(port(&c.liveness_probe), ("/healthz".to_string(), health.clone()));
+    assert_eq!(port(&c.readiness_probe), ("/readyz".to_string(), health));
+    let mounts: Vec<&str> = c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+    assert!(mounts.contains(&"/sys/fs/bpf"), "{mounts:?}");
+    let resources = c.resources.as_ref().expect("resources");
+    assert!(resources.requests.is_some() && resources.limits.is_some());
+}
+
+#[test]
+fn the_kind_config_disables_the_default_cni() {
+    let text = std::fs::read_to_string(deploy_dir().join("kind-flannel.yaml")).unwrap();
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(v["kind"], "Cluster");
+    assert_eq!(v["networking"]["disableDefaultCNI"], true);
+}
