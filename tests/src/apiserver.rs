@@ -106,6 +106,7 @@ struct State {
     uids: u64,
     requests: Vec<String>,
     expired: u64,
+    unavailable: std::collections::BTreeSet<Kind>,
 }
 
 impl State {
@@ -308,6 +309,18 @@ impl ApiServer {
         lock(&self.state).requests.clone()
     }
 
+    /// Makes lists and watches of `kind` fail with 503 (or serves them again), while the rest
+    /// is served: a client sees part of the cluster only.
+    pub fn set_unavailable(&self, kind: Kind, unavailable: bool) {
+        let mut st = lock(&self.state);
+        if unavailable {
+            st.unavailable.insert(kind);
+            st.watches.retain(|w| w.kind != kind);
+        } else {
+            st.unavailable.remove(&kind);
+        }
+    }
+
     /// How many watches were refused with 410 Gone (an expired resourceVersion).
     pub fn expired_watches(&self) -> u64 {
         lock(&self.state).expired
@@ -407,8 +420,15 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
 
 async fn handle(state: &Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let q = query(&req);
-    lock(state).requests.push(format!("{} {}", req.method(), req.uri()));
+    let unavailable = {
+        let mut st = lock(state);
+        st.requests.push(format!("{} {}", req.method(), req.uri()));
+        st.unavailable.clone()
+    };
     match (req.method().clone(), route(req.uri().path())) {
+        (Method::GET, Some(Route::Collection(kind, _))) if unavailable.contains(&kind) => {
+            status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &format!("{} are unavailable (the test says so)", kind.name()))
+        }
         (Method::GET, Some(Route::Collection(kind, ns))) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
             watch(state, kind, ns, &q)
         }
@@ -571,6 +591,11 @@ mod tests {
         assert_eq!(ns["items"][0]["metadata"]["name"], "a");
         let (code, _) = get(api.addr(), "/api/v1/secrets");
         assert_eq!(code, 404);
+        api.set_unavailable(Kind::NetworkPolicy, true);
+        assert_eq!(get(api.addr(), "/apis/networking.k8s.io/v1/networkpolicies").0, 503);
+        assert_eq!(get(api.addr(), "/api/v1/namespaces").0, 200);
+        api.set_unavailable(Kind::NetworkPolicy, false);
+        assert_eq!(get(api.addr(), "/apis/networking.k8s.io/v1/networkpolicies").0, 200);
     }
 
     #[test]

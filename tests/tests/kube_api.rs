@@ -31,14 +31,20 @@ struct KubeAgent {
     pin_path: PathBuf,
     status_file: PathBuf,
     log: PathBuf,
+    keep_pins: bool,
 }
 
 impl KubeAgent {
     fn start(node: &str, kubeconfig: &Path) -> Self {
+        Self::start_at(node, kubeconfig, &PathBuf::from("/sys/fs/bpf").join(netns::unique("netpol-kube-")))
+    }
+
+    /// Starts an agent on a given pin path (adopting what an earlier agent left there).
+    fn start_at(node: &str, kubeconfig: &Path, pin_path: &Path) -> Self {
         let bin = agent_bin();
         assert!(bin.is_file(), "no agent binary at {} (run `cargo xtask build`)", bin.display());
         let id = netns::unique("netpol-kube-");
-        let pin_path = PathBuf::from("/sys/fs/bpf").join(&id);
+        let pin_path = pin_path.to_path_buf();
         let status_file = std::env::temp_dir().join(format!("{id}.status.json"));
         let log = std::env::temp_dir().join(format!("{id}.log"));
         let child = Command::new("nsenter")
@@ -58,7 +64,14 @@ impl KubeAgent {
             .stderr(std::fs::File::create(&log).expect("create the agent log"))
             .spawn()
             .expect("start the agent");
-        Self { child, pin_path, status_file, log }
+        Self { child, pin_path, status_file, log, keep_pins: false }
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would, leaving its pins for a successor.
+    fn crash(&mut self) {
+        self.keep_pins = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn status(&self) -> Option<Value> {
@@ -95,15 +108,19 @@ impl KubeAgent {
 
 impl Drop for KubeAgent {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.pin_path);
+        if !self.keep_pins {
+            let _ = std::fs::remove_dir_all(&self.pin_path);
+        }
         let _ = std::fs::remove_file(&self.status_file);
         if std::thread::panicking() {
             eprintln!("agent log ({}):\n{}", self.log.display(), self.log_tail());
@@ -170,17 +187,8 @@ fn enforcement_follows_the_api_through_changes_outages_and_expired_versions() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
-    c.namespace("x", &[]).expect("ns");
-    for p in ["a", "b", "c"] {
-        c.add_pod(0, "x", p, &[("pod", p)], PORTS).expect("pod");
-    }
+    let (c, mut api) = cluster_and_api();
     let node = c.nodes[0].netns.clone();
-    let mut api = ApiServer::start_in(&node).expect("fake API server");
-    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})).expect("namespace");
-    for p in ["a", "b", "c"] {
-        api.apply(pod_object(&c, p, p)).expect("pod");
-    }
 
     // Not ready before the first complete state: the API server is away when the agent starts.
     api.stop();
@@ -274,4 +282,53 @@ fn enforcement_follows_the_api_through_changes_outages_and_expired_versions() {
     let message = e["message"].as_str().unwrap_or_default();
     assert!(message.contains("ipBlock.cidr") && message.contains("198.18.0.0/33"), "{message}");
     eprintln!("event: {message}");
+}
+
+/// A node with pods x/a, x/b, x/c (servers on port 80) and a fake API server in the node's
+/// namespace that knows them.
+fn cluster_and_api() -> (Cluster, ApiServer) {
+    let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
+    c.namespace("x", &[]).expect("ns");
+    for p in ["a", "b", "c"] {
+        c.add_pod(0, "x", p, &[("pod", p)], PORTS).expect("pod");
+    }
+    let api = ApiServer::start_in(&c.nodes[0].netns).expect("fake API server");
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})).expect("namespace");
+    for p in ["a", "b", "c"] {
+        api.apply(pod_object(&c, p, p)).expect("pod");
+    }
+    (c, api)
+}
+
+#[test]
+fn a_successor_programs_nothing_until_every_resource_is_listed() {
+    if !privileged() {
+        return;
+    }
+    let (c, api) = cluster_and_api();
+    let node = c.nodes[0].netns.clone();
+    let rv = api.apply(admit("b")).expect("policy");
+    let mut first = KubeAgent::start(&node, &api.kubeconfig);
+    first.wait_applied("networkpolicies", rv);
+    expect(&c, "first agent", &[("b", true), ("c", false)]);
+    let pin = first.pin_path.clone();
+    first.crash();
+
+    // The successor can list pods and namespaces but not policies: programming what it has
+    // would drop the policy and open x/a to everyone.
+    api.set_unavailable(Kind::NetworkPolicy, true);
+    let mut successor = KubeAgent::start_at(&node, &api.kubeconfig, &pin);
+    drop(first);
+    wait_health(&node, "/healthz", 200);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(successor.status().is_none(), "nothing programmed from a partial view");
+    assert_eq!(health(&node, "/readyz"), Some(503), "not ready on a partial view");
+    expect(&c, "policies unlistable", &[("b", true), ("c", false)]);
+
+    // Policies come back, changed meanwhile: the successor converges and is ready.
+    let rv = api.apply(admit("c")).expect("change");
+    api.set_unavailable(Kind::NetworkPolicy, false);
+    successor.wait_applied("networkpolicies", rv);
+    wait_health(&node, "/readyz", 200);
+    expect(&c, "policies listed", &[("b", false), ("c", true)]);
 }
