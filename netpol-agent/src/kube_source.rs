@@ -186,17 +186,19 @@ impl KubeSource {
                 Err(p) => problems.push(p),
             }
         }
+        let mut invalid = Vec::new();
         for np in self.policies.state() {
             match policy_from_k8s(&np, "") {
                 Ok(policy) => {
                     state.policies.insert(policy.id.clone(), policy);
                 }
                 Err(p) => {
-                    self.reporter.invalid_policy(&np, &p);
-                    problems.push(p);
+                    problems.push(p.clone());
+                    invalid.push((np, p));
                 }
             }
         }
+        self.reporter.report(&invalid);
         problems.sort_by(|a, b| a.object.cmp(&b.object).then(a.reason.cmp(&b.reason)));
         Some(Snapshot { state, problems, manifest_digest: String::new(), resource_versions })
     }
@@ -295,14 +297,33 @@ impl EventReporter {
         (Self { posted, tx, node: node.to_string() }, task)
     }
 
-    /// Reports `problem` of policy `np`, unless it was reported already.
-    fn invalid_policy(&self, np: &NetworkPolicy, problem: &Problem) {
-        let key = (np.uid().unwrap_or_else(|| format!("{}/{}", np.namespace().unwrap_or_default(), np.name_any())), problem.reason.clone());
-        if !self.posted.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone()) {
-            return;
+    /// Reports the problems of the invalid policies that were not reported yet. Problems no
+    /// longer present are forgotten: a policy fixed and broken again is reported again.
+    fn report(&self, invalid: &[(Arc<NetworkPolicy>, Problem)]) {
+        let keyed: Vec<(ProblemKey, &NetworkPolicy, &Problem)> = invalid.iter().map(|(np, p)| (problem_key(np, p), &**np, p)).collect();
+        let fresh = {
+            let mut posted = self.posted.lock().unwrap_or_else(PoisonError::into_inner);
+            fresh_problems(&mut posted, keyed.iter().map(|(k, _, _)| k.clone()).collect())
+        };
+        for (key, np, problem) in keyed {
+            if fresh.contains(&key) {
+                let _ = self.tx.send((key, invalid_policy_event(np, problem, &self.node)));
+            }
         }
-        let _ = self.tx.send((key, invalid_policy_event(np, problem, &self.node)));
     }
+}
+
+fn problem_key(np: &NetworkPolicy, problem: &Problem) -> ProblemKey {
+    (np.uid().unwrap_or_else(|| format!("{}/{}", np.namespace().unwrap_or_default(), np.name_any())), problem.reason.clone())
+}
+
+/// Keeps in `posted` only the problems of `current`, and returns those of them that were not
+/// there (to report now; they count as posted from here on).
+fn fresh_problems(posted: &mut BTreeSet<ProblemKey>, current: BTreeSet<ProblemKey>) -> BTreeSet<ProblemKey> {
+    posted.retain(|k| current.contains(k));
+    let fresh: BTreeSet<ProblemKey> = current.difference(posted).cloned().collect();
+    posted.extend(fresh.iter().cloned());
+    fresh
 }
 
 /// The core/v1 Event reporting that `np` is ignored because of `problem`.
@@ -368,6 +389,17 @@ mod tests {
         assert_eq!(w.versions(&[PODS]).unwrap()[PODS], "5", "re-list not done");
         w.record(PODS, &watcher::Event::<Pod>::InitDone);
         assert_eq!(w.versions(&[PODS]).unwrap()[PODS], "8");
+    }
+
+    #[test]
+    fn each_problem_is_reported_once_while_it_lasts_and_again_when_it_comes_back() {
+        let key = |p: &str| (p.to_string(), "bad cidr".to_string());
+        let set = |keys: &[&str]| keys.iter().map(|k| key(k)).collect::<BTreeSet<_>>();
+        let mut posted = BTreeSet::new();
+        assert_eq!(fresh_problems(&mut posted, set(&["a", "b"])), set(&["a", "b"]));
+        assert_eq!(fresh_problems(&mut posted, set(&["a", "b"])), set(&[]), "no repeats");
+        assert_eq!(fresh_problems(&mut posted, set(&["a"])), set(&[]), "b fixed");
+        assert_eq!(fresh_problems(&mut posted, set(&["a", "b"])), set(&["b"]), "b broken again");
     }
 
     #[test]
