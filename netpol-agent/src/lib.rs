@@ -10,6 +10,7 @@ pub mod compiler;
 mod compiler_tests;
 pub mod datapath;
 pub mod eval;
+pub mod explain;
 pub mod health;
 pub mod kube_source;
 pub mod manifests;

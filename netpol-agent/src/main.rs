@@ -49,6 +49,28 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/netpol")]
         pin_path: PathBuf,
     },
+    /// Explain whether the manifests' policies allow a flow, and why: for the source pod's
+    /// egress and the destination pod's ingress, every policy selecting the pod and every rule,
+    /// with the verdict of the compiled maps. Exits 0 whether the flow is allowed or denied (the
+    /// answer is in the output) and non-zero on errors (unknown pod, bad port).
+    Explain {
+        /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Source: NAMESPACE/POD, or an IP address (a pod's address stands for the pod).
+        #[arg(long)]
+        from: String,
+        /// Destination: NAMESPACE/POD, or an IP address.
+        #[arg(long)]
+        to: String,
+        /// Destination port: `80` (TCP), `53/UDP`, `9/SCTP`, or a protocol alone (`UDP`: every
+        /// port of it).
+        #[arg(long)]
+        port: String,
+        /// Output: human-readable text, or one JSON object.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,5 +108,37 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(pin_path = %pin_path.display(), "removed netpol's programs, links and maps");
             Ok(())
         }
+        Command::Explain { manifests, from, to, port, output } => explain(&manifests, &from, &to, &port, &output),
+    }
+}
+
+/// Loads a manifest directory for the offline commands, reporting the objects left out.
+fn load_manifests(dir: &std::path::Path) -> anyhow::Result<netpol_agent::manifests::Loaded> {
+    let loaded = netpol_agent::manifests::load_dir(dir).with_context(|| format!("read manifests in {}", dir.display()))?;
+    for p in &loaded.problems {
+        tracing::warn!(object = %p.object, "left out: {}", p.reason);
+    }
+    Ok(loaded)
+}
+
+/// `explain`: prints the explanation of one flow.
+fn explain(manifests: &std::path::Path, from: &str, to: &str, port: &str, output: &str) -> anyhow::Result<()> {
+    use netpol_agent::explain::{Endpoint, PortQuery};
+    let from: Endpoint = from.parse().context("--from")?;
+    let to: Endpoint = to.parse().context("--to")?;
+    let port: PortQuery = port.parse().context("--port")?;
+    let loaded = load_manifests(manifests)?;
+    let e = netpol_agent::explain::explain(&loaded.state, &from, &to, port)?;
+    let text = if output == "json" { serde_json::to_string_pretty(&e).context("encode the explanation")? + "\n" } else { e.to_string() };
+    write_stdout(&text)
+}
+
+/// Writes a command's answer to stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("write to stdout"),
+        _ => Ok(()),
     }
 }
