@@ -18,7 +18,7 @@ use std::{
 use futures::StreamExt as _;
 use k8s_openapi::{
     api::{
-        core::v1::{Event, EventSource, Namespace, ObjectReference, Pod},
+        core::v1::{Container, Event, EventSource, Namespace, ObjectReference, Pod, PodSpec, PodStatus},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
@@ -156,9 +156,10 @@ impl KubeSource {
     pub fn start(client: Client, node: &str, changed: impl Fn() + Send + Sync + 'static) -> Self {
         let changed: Arc<dyn Fn() + Send + Sync> = Arc::new(changed);
         let watched = Arc::new(Watched::default());
-        let (pods, pods_task) = watch(Api::<Pod>::all(client.clone()), PODS, watched.clone(), changed.clone());
-        let (namespaces, namespaces_task) = watch(Api::<Namespace>::all(client.clone()), NAMESPACES, watched.clone(), changed.clone());
-        let (policies, policies_task) = watch(Api::<NetworkPolicy>::all(client.clone()), POLICIES, watched.clone(), changed);
+        let (pods, pods_task) = watch(Api::<Pod>::all(client.clone()), PODS, trim_pod, watched.clone(), changed.clone());
+        let (namespaces, namespaces_task) =
+            watch(Api::<Namespace>::all(client.clone()), NAMESPACES, |_| {}, watched.clone(), changed.clone());
+        let (policies, policies_task) = watch(Api::<NetworkPolicy>::all(client.clone()), POLICIES, |_| {}, watched.clone(), changed);
         let (reporter, reporter_task) = EventReporter::start(client, node);
         Self { pods, namespaces, policies, watched, reporter, tasks: vec![pods_task, namespaces_task, policies_task, reporter_task] }
     }
@@ -213,21 +214,27 @@ impl Drop for KubeSource {
 }
 
 /// Starts a watcher and reflector for one resource, cluster-wide.
-fn watch<K>(api: Api<K>, resource: &'static str, watched: Arc<Watched>, changed: Arc<dyn Fn() + Send + Sync>) -> (Store<K>, JoinHandle<()>)
+/// `trim` drops what the conversions never read before an object enters the store.
+fn watch<K>(
+    api: Api<K>,
+    resource: &'static str,
+    trim: fn(&mut K),
+    watched: Arc<Watched>,
+    changed: Arc<dyn Fn() + Send + Sync>,
+) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default())
-            .default_backoff()
+        watcher(api, watcher::Config::default()).default_backoff().modify(move |o: &mut K| {
             // Nothing reads managed fields or annotations: keep them out of memory.
-            .modify(|o: &mut K| {
-                let meta = o.meta_mut();
-                meta.managed_fields = None;
-                meta.annotations = None;
-            }),
+            let meta = o.meta_mut();
+            meta.managed_fields = None;
+            meta.annotations = None;
+            trim(o);
+        }),
     );
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -262,6 +269,24 @@ where
         warn!(resource, "watch ended");
     });
     (store, task)
+}
+
+/// Keeps of a pod only what `pod_from_k8s` reads: node, host networking, the containers' names
+/// and ports, phase and addresses. Every node's agent holds every pod of the cluster, so the
+/// rest (volumes, env, images, conditions, ...) is dropped on arrival.
+pub fn trim_pod(pod: &mut Pod) {
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            node_name: spec.node_name.take(),
+            host_network: spec.host_network,
+            containers: spec.containers.drain(..).map(|c| Container { name: c.name, ports: c.ports, ..Container::default() }).collect(),
+            ..PodSpec::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status =
+            PodStatus { phase: status.phase.take(), pod_ip: status.pod_ip.take(), pod_ips: status.pod_ips.take(), ..PodStatus::default() };
+    }
 }
 
 /// What identifies one reported problem: the policy (uid, or namespace/name) and the reason.
@@ -400,6 +425,38 @@ mod tests {
         assert_eq!(fresh_problems(&mut posted, set(&["a", "b"])), set(&[]), "no repeats");
         assert_eq!(fresh_problems(&mut posted, set(&["a"])), set(&[]), "b fixed");
         assert_eq!(fresh_problems(&mut posted, set(&["a", "b"])), set(&["b"]), "b broken again");
+    }
+
+    #[test]
+    fn a_trimmed_pod_converts_as_the_whole_pod() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}},
+            "spec": {
+                "nodeName": "n1",
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "initContainers": [{"name": "init", "image": "busybox"}],
+                "containers": [
+                    {"name": "web", "image": "nginx", "env": [{"name": "A", "value": "b"}],
+                     "ports": [{"name": "http", "containerPort": 80}, {"containerPort": 8080}]},
+                    {"name": "dns", "image": "coredns", "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]}
+                ]
+            },
+            "status": {"phase": "Running", "podIP": "198.18.0.10", "podIPs": [{"ip": "198.18.0.10"}, {"ip": "fd00:198:18::10"}],
+                       "conditions": [{"type": "Ready", "status": "True"}], "hostIP": "198.18.0.1"}
+        }))
+        .unwrap();
+        let mut trimmed = pod.clone();
+        trim_pod(&mut trimmed);
+        assert!(trimmed.spec.as_ref().unwrap().volumes.is_none());
+        assert!(trimmed.status.as_ref().unwrap().conditions.is_none());
+        let whole = pod_from_k8s(&pod, "").unwrap().unwrap();
+        assert_eq!(pod_from_k8s(&trimmed, "").unwrap(), Some(whole.clone()));
+        assert_eq!(whole.named_ports.len(), 2);
+
+        let mut host: Pod = pod.clone();
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        trim_pod(&mut host);
+        assert_eq!(pod_from_k8s(&host, "").unwrap(), None, "host-network pods stay out");
     }
 
     #[test]
