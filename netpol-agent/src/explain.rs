@@ -582,4 +582,4 @@ impl fmt::Display for Explanation {
 
 #[cfg(test)]
 #[path = "explain_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod explain;
 pub mod health;
 pub mod kube_source;
+pub mod lint;
 pub mod manifests;
 pub mod model;
 pub mod netlink;

@@ -71,6 +71,19 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
+    /// Find policies that are valid but probably wrong (an allow the other side drops, OR'd
+    /// peers, selectors that match nothing or everything, DNS, missing default-deny, ...).
+    /// Each finding has an object, a rule, a code, a message and a fix.
+    ///
+    /// Exit status: 0 when there are no findings, 1 when there are, 2 on errors.
+    Lint {
+        /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Output: human-readable text, or one JSON array of findings.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,6 +122,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Explain { manifests, from, to, port, output } => explain(&manifests, &from, &to, &port, &output),
+        Command::Lint { manifests, output } => exit_lint(lint(&manifests, &output)),
     }
 }
 
@@ -140,5 +154,34 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("write to stdout"),
         _ => Ok(()),
+    }
+}
+
+/// `lint`: prints the findings; `Ok(true)` when there are none.
+fn lint(manifests: &std::path::Path, output: &str) -> anyhow::Result<bool> {
+    use netpol_agent::lint;
+    let loaded = netpol_agent::manifests::load_dir(manifests).with_context(|| format!("read manifests in {}", manifests.display()))?;
+    let namespace_missing = lint::namespace_missing_in_dir(manifests).with_context(|| format!("read manifests in {}", manifests.display()))?;
+    let findings = lint::lint(&loaded.state, &lint::Extra { problems: loaded.problems, namespace_missing });
+    let text = if output == "json" {
+        serde_json::to_string_pretty(&findings).context("encode the findings")? + "\n"
+    } else if findings.is_empty() {
+        "no findings\n".to_string()
+    } else {
+        findings.iter().map(|f| format!("{f}\n")).collect::<String>() + &format!("{} finding(s)\n", findings.len())
+    };
+    write_stdout(&text)?;
+    Ok(findings.is_empty())
+}
+
+/// Ends `lint` with its documented status: 0 clean, 1 findings, 2 error.
+fn exit_lint(result: anyhow::Result<bool>) -> anyhow::Result<()> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::exit(2)
+        }
     }
 }
