@@ -350,7 +350,9 @@ fn random_selector(rng: &mut Rng, namespace: bool) -> Selector {
     Selector { requirements: rng.pick(&forms).clone() }
 }
 
-fn random_state(seed: u64) -> ClusterState {
+/// A random cluster: three namespaces, seven pods (some dual-stack, some unscheduled), up to
+/// four policies with selector, namespace, ipBlock and named-port peers and ports.
+pub(crate) fn random_state(seed: u64) -> ClusterState {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut state = ClusterState::default();
     for name in ["a", "b", "c"] {

@@ -11,6 +11,7 @@ mod compiler_tests;
 pub mod datapath;
 pub mod eval;
 pub mod explain;
+pub mod graph;
 pub mod health;
 pub mod kube_source;
 pub mod lint;
