@@ -337,16 +337,18 @@ pub fn to_svg(r: &Reachability) -> String {
             // Same column: an arc on the right of the boxes (a loop for a group's own pods).
             let xr = x1 + BOX_W;
             let (ya, yb) = if y1 == y2 { (y1 + 12, y1 + BOX_H - 12) } else { (y1 + BOX_H / 2, y2 + BOX_H / 2) };
-            let bulge = 40 + (ya - yb).abs() / 6;
+            let bulge = 36 + (ya - yb).abs() / 5 + (k as i64 % 3) * 14;
             (format!("M {xr} {ya} C {} {ya}, {} {yb}, {xr} {yb}", xr + bulge, xr + bulge), xr + bulge * 3 / 4 + 4, (ya + yb) / 2 + shift)
         } else {
-            let (xa, xb) = if x2 > x1 { (x1 + BOX_W, x2) } else { (x1, x2 + BOX_W) };
-            let (ya, yb) = (y1 + BOX_H / 2, y2 + BOX_H / 2);
-            (format!("M {xa} {ya} L {xb} {yb}"), (xa + xb) / 2, (ya + yb) / 2 + shift)
+            // Rightward edges run a little above the middle, leftward ones below: the two
+            // directions between a pair of pods are two lines.
+            let (xa, xb, off) = if x2 > x1 { (x1 + BOX_W, x2, -6) } else { (x1, x2 + BOX_W, 6) };
+            let (ya, yb) = (y1 + BOX_H / 2 + off, y2 + BOX_H / 2 + off);
+            (format!("M {xa} {ya} L {xb} {yb}"), (xa + xb) / 2, (ya + yb) / 2 + if off < 0 { -5 } else { 14 })
         };
         let _ = writeln!(
             out,
-            r##"  <g class="edge"><title>{title}</title><path d="{path}" fill="none" stroke="#34495e" stroke-width="1.4" marker-end="url(#arrow)"/><text x="{lx}" y="{ly}" font-size="11" fill="#1f618d" text-anchor="middle">{label}</text></g>"##
+            r##"  <g class="edge"><title>{title}</title><path d="{path}" fill="none" stroke="#34495e" stroke-width="1.4" marker-end="url(#arrow)"/><text x="{lx}" y="{ly}" font-size="11" fill="#1f618d" text-anchor="middle" stroke="#ffffff" stroke-width="3" paint-order="stroke">{label}</text></g>"##
         );
     }
     for (i, n) in r.nodes.iter().enumerate() {
