@@ -8,8 +8,11 @@
 //! exactly against the peer pod's own container ports.
 
 use std::{
+    borrow::Borrow,
+    cmp::Ordering,
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -116,6 +119,77 @@ pub struct IdentityKey {
     pub named_ports: Vec<NamedPort>,
 }
 
+/// An identity's parts borrowed from the snapshot: how the compiler groups pods and looks up
+/// identity numbers without building (cloning) an [`IdentityKey`] per pod. Orders exactly as
+/// [`IdentityKey`] does (same fields, same order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct IdentityParts<'a> {
+    namespace: &'a str,
+    namespace_labels: &'a Labels,
+    labels: &'a Labels,
+    named_ports: &'a [NamedPort],
+}
+
+impl IdentityParts<'_> {
+    fn to_key(self) -> IdentityKey {
+        IdentityKey {
+            namespace: self.namespace.to_string(),
+            namespace_labels: self.namespace_labels.clone(),
+            labels: self.labels.clone(),
+            named_ports: self.named_ports.to_vec(),
+        }
+    }
+}
+
+/// Anything that can show its [`IdentityParts`]: lets a map keyed by `Arc<IdentityKey>` be
+/// searched with borrowed parts (`Borrow<dyn AsIdentityParts>`).
+trait AsIdentityParts {
+    fn parts(&self) -> IdentityParts<'_>;
+}
+
+impl AsIdentityParts for IdentityKey {
+    fn parts(&self) -> IdentityParts<'_> {
+        IdentityParts {
+            namespace: &self.namespace,
+            namespace_labels: &self.namespace_labels,
+            labels: &self.labels,
+            named_ports: &self.named_ports,
+        }
+    }
+}
+
+impl AsIdentityParts for IdentityParts<'_> {
+    fn parts(&self) -> IdentityParts<'_> {
+        *self
+    }
+}
+
+impl PartialEq for dyn AsIdentityParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn AsIdentityParts + '_ {}
+
+impl PartialOrd for dyn AsIdentityParts + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn AsIdentityParts + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+impl<'a> Borrow<dyn AsIdentityParts + 'a> for Arc<IdentityKey> {
+    fn borrow(&self) -> &(dyn AsIdentityParts + 'a) {
+        &**self
+    }
+}
+
 /// The desired contents of every map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -131,8 +205,8 @@ pub struct Desired {
     /// ids are never reused, so this holds every rule the compiler has numbered, including
     /// rules of policies since removed (their counters still name the right rule).
     pub rules: Vec<RuleRef>,
-    /// Pod identities in use.
-    pub identities: BTreeMap<u32, IdentityKey>,
+    /// Pod identities in use (shared with the compiler's allocator, not copied per compile).
+    pub identities: BTreeMap<u32, Arc<IdentityKey>>,
 }
 
 impl Desired {
@@ -173,7 +247,10 @@ impl<K: Ord + Clone> Allocator<K> {
 /// from one compilation to the next.
 #[derive(Clone, Debug)]
 pub struct Compiler {
-    identities: Allocator<IdentityKey>,
+    /// Pod identity numbers, by what they stand for.
+    identities: BTreeMap<Arc<IdentityKey>, u32>,
+    /// The next pod identity number to hand out.
+    next_identity: u32,
     cidr_identities: Allocator<IpNet>,
     endpoints: Allocator<ObjectRef>,
     /// Rule ids by (policy, direction, index): stable, so that a policy change does not
@@ -192,7 +269,7 @@ impl Default for Compiler {
 /// An identity and what it is, while compiling.
 struct PodIdentity<'a> {
     id: u32,
-    key: &'a IdentityKey,
+    key: IdentityParts<'a>,
     ips: Vec<IpAddr>,
 }
 
@@ -200,12 +277,24 @@ impl Compiler {
     /// A compiler with no numbers handed out yet.
     pub fn new() -> Self {
         Self {
-            identities: Allocator::new(IDENTITY_FIRST_POD),
+            identities: BTreeMap::new(),
+            next_identity: IDENTITY_FIRST_POD,
             cidr_identities: Allocator::new(IDENTITY_FIRST_CIDR),
             endpoints: Allocator::new(1),
             rule_ids: Allocator::new(1),
             rules: Vec::new(),
         }
+    }
+
+    /// The identity number of `parts`, handing out the next one to parts not seen before.
+    fn identity_number(&mut self, parts: IdentityParts<'_>) -> u32 {
+        if let Some(n) = self.identities.get(&parts as &dyn AsIdentityParts) {
+            return *n;
+        }
+        let n = self.next_identity;
+        self.next_identity += 1;
+        self.identities.insert(Arc::new(parts.to_key()), n);
+        n
     }
 
     /// Gives `pod` the endpoint id `id` (an id an earlier agent used), unless it has one.
@@ -220,25 +309,38 @@ impl Compiler {
     pub fn compile(&mut self, state: &ClusterState, opts: &CompileOptions) -> Desired {
         let mut out = Desired::default();
 
-        // Pod identities.
-        let mut keys: BTreeMap<IdentityKey, Vec<&Pod>> = BTreeMap::new();
-        for pod in state.pods.values() {
-            let key = IdentityKey {
-                namespace: pod.id.namespace.clone(),
-                namespace_labels: state.namespace_labels(&pod.id.namespace),
-                labels: pod.labels.clone(),
-                named_ports: pod.named_ports.clone(),
-            };
-            keys.entry(key).or_default().push(pod);
-        }
-        let used: BTreeSet<IdentityKey> = keys.keys().cloned().collect();
-        self.identities.retain(&used);
-        let identities: Vec<PodIdentity<'_>> = keys
-            .iter()
-            .map(|(key, pods)| PodIdentity { id: self.identities.get(key), key, ips: pods.iter().flat_map(|p| p.ips.iter().copied()).collect() })
+        // Pod identities, grouped by parts borrowed from the snapshot (no per-pod copies).
+        let implicit_labels: BTreeMap<&str, Labels> = state
+            .pods
+            .values()
+            .filter(|p| !state.namespaces.contains_key(&p.id.namespace))
+            .map(|p| (p.id.namespace.as_str(), state.namespace_labels(&p.id.namespace)))
             .collect();
+        let mut groups: BTreeMap<IdentityParts<'_>, Vec<&Pod>> = BTreeMap::new();
+        for pod in state.pods.values() {
+            let ns = pod.id.namespace.as_str();
+            let namespace_labels = match state.namespaces.get(ns) {
+                Some(n) => &n.labels,
+                // Invariant: implicit_labels holds every namespace the snapshot lacks.
+                None => &implicit_labels[ns],
+            };
+            let parts = IdentityParts { namespace: ns, namespace_labels, labels: &pod.labels, named_ports: &pod.named_ports };
+            groups.entry(parts).or_default().push(pod);
+        }
+        let identities: Vec<PodIdentity<'_>> = groups
+            .iter()
+            .map(|(parts, pods)| PodIdentity {
+                id: self.identity_number(*parts),
+                key: *parts,
+                ips: pods.iter().flat_map(|p| p.ips.iter().copied()).collect(),
+            })
+            .collect();
+        let used: BTreeSet<u32> = identities.iter().map(|i| i.id).collect();
+        self.identities.retain(|_, id| used.contains(id));
+        for (key, id) in &self.identities {
+            out.identities.insert(*id, Arc::clone(key));
+        }
         for ident in &identities {
-            out.identities.insert(ident.id, ident.key.clone());
             for ip in &ident.ips {
                 out.ipcache.entry(ip_key(ip)).or_insert(ident.id);
             }
@@ -355,10 +457,10 @@ impl RuleContext<'_> {
                     for ident in self.identities {
                         let ns_ok = match namespaces {
                             None => ident.key.namespace == policy.id.namespace,
-                            Some(sel) => sel.matches(&ident.key.namespace_labels),
+                            Some(sel) => sel.matches(ident.key.namespace_labels),
                         };
-                        if ns_ok && pods.matches(&ident.key.labels) {
-                            peers.push((ident.id, Some(&ident.key.named_ports)));
+                        if ns_ok && pods.matches(ident.key.labels) {
+                            peers.push((ident.id, Some(ident.key.named_ports)));
                         }
                     }
                 }
@@ -387,14 +489,14 @@ impl RuleContext<'_> {
             for ident in self.identities {
                 let covered = |ip: &IpAddr| blocks.iter().any(|(cidr, except)| cidr::addr_in_block(ip, cidr, except));
                 if !ident.ips.is_empty() && ident.ips.iter().all(covered) {
-                    peers.push((ident.id, Some(&ident.key.named_ports)));
+                    peers.push((ident.id, Some(ident.key.named_ports)));
                 }
             }
         }
         if any_peer && direction == Direction::Egress && has_named_port(rule) {
             // "Any destination" on a named port: the pods that have that port.
             for ident in self.identities {
-                peers.push((ident.id, Some(&ident.key.named_ports)));
+                peers.push((ident.id, Some(ident.key.named_ports)));
             }
         }
         peers.sort_unstable_by_key(|(id, _)| *id);
