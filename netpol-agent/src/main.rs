@@ -49,10 +49,12 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/netpol")]
         pin_path: PathBuf,
     },
-    /// Explain whether the manifests' policies allow a flow, and why: for the source pod's
-    /// egress and the destination pod's ingress, every policy selecting the pod and every rule,
-    /// with the verdict of the compiled maps. Exits 0 whether the flow is allowed or denied (the
-    /// answer is in the output) and non-zero on errors (unknown pod, bad port).
+    /// Explain whether the manifests' policies allow a flow, and why.
+    ///
+    /// For the source pod's egress and the destination pod's ingress: every policy selecting the
+    /// pod and every rule, with the verdict of the compiled maps. Exits 0 whether the flow is
+    /// allowed or denied (the answer is in the output) and non-zero on errors (unknown pod, bad
+    /// port).
     Explain {
         /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive).
         #[arg(long)]
@@ -71,9 +73,11 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
-    /// Find policies that are valid but probably wrong (an allow the other side drops, OR'd
-    /// peers, selectors that match nothing or everything, DNS, missing default-deny, ...).
-    /// Each finding has an object, a rule, a code, a message and a fix.
+    /// Find policies that are valid but probably wrong (exit 1 when there are findings).
+    ///
+    /// An allow the other side drops, OR'd peers, selectors that match nothing or everything,
+    /// DNS, missing default-deny, ... Each finding has an object, a rule, a code, a message and a
+    /// fix.
     ///
     /// Exit status: 0 when there are no findings, 1 when there are, 2 on errors.
     Lint {
@@ -84,9 +88,10 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
-    /// Draw who can reach whom under the manifests' policies (as the data path decides it):
-    /// namespaces as columns or subgraphs, pods as nodes (isolated ones marked), allowed edges
-    /// labelled with their ports (`any` when every port is allowed).
+    /// Draw who can reach whom under the manifests' policies, as Mermaid or SVG.
+    ///
+    /// As the data path decides it: namespaces as columns or subgraphs, pods as nodes (isolated
+    /// ones marked), allowed edges labelled with their ports (`any` when every port is allowed).
     Graph {
         /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive).
         #[arg(long)]
