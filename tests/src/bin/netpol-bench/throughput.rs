@@ -1,5 +1,5 @@
-//! Throughput (iperf3) and connection rate between two pods on a routed node, side by side and
-//! interleaved over rounds: no program attached; netpol enforcing the three-tier policies plus
+//! Throughput (iperf3 TCP and UDP), connection rate and request/response latency between two
+//! pods on a routed node, side by side and interleaved over rounds: no program attached; netpol enforcing the three-tier policies plus
 //! 1 000 unrelated ones; and the same policies enforced the classic way, as iptables rules with
 //! ipsets and conntrack the way kube-router generates them (translated here, in the bench).
 
@@ -22,6 +22,8 @@ use crate::{synth, Figures};
 
 const ROUNDS: usize = 5;
 const IPERF_SECONDS: &str = "2";
+/// Requests per request/response latency measurement.
+const REQUESTS: usize = 5000;
 
 const POLICIES: &str = r#"apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -36,7 +38,7 @@ spec:
   policyTypes: [Egress]
   egress:
   - to: [{podSelector: {matchLabels: {app: backend}}}]
-    ports: [{port: 5201}, {port: 8080}]
+    ports: [{port: 5201}, {port: 5201, protocol: UDP}, {port: 8080}]
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -46,7 +48,7 @@ spec:
   policyTypes: [Ingress]
   ingress:
   - from: [{podSelector: {matchLabels: {app: frontend}}}]
-    ports: [{port: 5201}, {port: 8080}]
+    ports: [{port: 5201}, {port: 5201, protocol: UDP}, {port: 8080}]
 "#;
 
 /// The kube-router-style translation of the policies selecting this node's pods: per pod and
@@ -161,13 +163,45 @@ fn clear_iptables(node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn iperf(client: &str, server: &str, addr: IpAddr) -> anyhow::Result<f64> {
+/// Received bits per second of one iperf3 run: TCP, or UDP as fast as it goes (`-b 0`) in
+/// 1 400-byte datagrams, where the per-packet cost shows without segmentation offload.
+fn iperf(client: &str, server: &str, addr: IpAddr, udp: bool) -> anyhow::Result<f64> {
     let mut srv = Command::new("ip").args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     std::thread::sleep(Duration::from_millis(200));
-    let out = run_cmd(Command::new("ip").args(["netns", "exec", client, "iperf3", "-c", &addr.to_string(), "-p", "5201", "-t", IPERF_SECONDS, "-J"]));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", client, "iperf3", "-c", &addr.to_string(), "-p", "5201", "-t", IPERF_SECONDS, "-J"]);
+    if udp {
+        cmd.args(["-u", "-b", "0", "-l", "1400"]);
+    }
+    let out = run_cmd(&mut cmd);
     let _ = srv.wait();
     let v: serde_json::Value = serde_json::from_str(&out?)?;
-    v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 result")
+    if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+        return Ok(bps);
+    }
+    // Older iperf3 reports UDP as one sum with the receiver's loss.
+    let sum = &v["end"]["sum"];
+    let bps = sum["bits_per_second"].as_f64().context("iperf3 result")?;
+    Ok(bps * (1.0 - sum["lost_percent"].as_f64().unwrap_or(0.0) / 100.0))
+}
+
+/// Median round trip in microseconds of 1-byte requests echoed on one open TCP connection.
+fn request_response_us(client: &str, addr: IpAddr) -> anyhow::Result<f64> {
+    use std::io::Write as _;
+    let mut s = netns::within(client, || TcpStream::connect_timeout(&SocketAddr::new(addr, 8080), Duration::from_secs(1)))??;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut banner = [0u8; 64];
+    anyhow::ensure!(s.read(&mut banner)? > 0, "no banner");
+    let mut rtts = Vec::with_capacity(REQUESTS);
+    let mut b = [0u8; 1];
+    for _ in 0..REQUESTS {
+        let t = Instant::now();
+        s.write_all(b"x")?;
+        s.read_exact(&mut b)?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(&mut rtts))
 }
 
 /// Closes with a reset (SO_LINGER 0), so that a second of connections does not fill the
@@ -224,7 +258,9 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     let state = loaded.state;
 
     let mut tput: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut udp: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut rate: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut rr: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..ROUNDS {
         for variant in ["none", "netpol", "iptables"] {
             match variant {
@@ -235,11 +271,15 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
                 "iptables" => apply_iptables(&node, &state)?,
                 _ => {}
             }
-            let t = iperf(&fe, &be.netns, server)?;
+            let t = iperf(&fe, &be.netns, server, false)?;
+            let u = iperf(&fe, &be.netns, server, true)?;
             let r = connection_rate(&fe, server);
-            println!("  round {round} {variant:<8}: TCP {:7.2} Gbit/s, {r:7.0} connections/s", t / 1e9);
+            let l = request_response_us(&fe, server)?;
+            println!("  round {round} {variant:<8}: TCP {:6.2} Gbit/s, UDP {:5.2} Gbit/s, {r:6.0} connections/s, request/response {l:5.1} us", t / 1e9, u / 1e9);
             tput.entry(variant).or_default().push(t);
+            udp.entry(variant).or_default().push(u);
             rate.entry(variant).or_default().push(r);
+            rr.entry(variant).or_default().push(l);
             match variant {
                 "netpol" => {
                     let pin = c.agent(0).pin_path.clone();
@@ -257,7 +297,21 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     };
     for variant in ["none", "netpol", "iptables"] {
         let (lo, hi) = spread(&tput[variant]);
-        println!("  {variant:<8}: TCP median {:.2} Gbit/s (range {:.2}-{:.2}), connections/s median {:.0}", median(tput.get_mut(variant).expect("v")) / 1e9, lo / 1e9, hi / 1e9, median(rate.get_mut(variant).expect("v")));
+        let (ulo, uhi) = spread(&udp[variant]);
+        let (llo, lhi) = spread(&rr[variant]);
+        println!(
+            "  {variant:<8}: TCP median {:.2} Gbit/s (range {:.2}-{:.2}), UDP median {:.2} Gbit/s (range {:.2}-{:.2}), connections/s median {:.0}, request/response median {:.1} us (range {:.1}-{:.1})",
+            median(tput.get_mut(variant).expect("v")) / 1e9,
+            lo / 1e9,
+            hi / 1e9,
+            median(udp.get_mut(variant).expect("v")) / 1e9,
+            ulo / 1e9,
+            uhi / 1e9,
+            median(rate.get_mut(variant).expect("v")),
+            median(rr.get_mut(variant).expect("v")),
+            llo,
+            lhi
+        );
     }
     let m = |map: &mut BTreeMap<&str, Vec<f64>>, k: &str| median(map.get_mut(k).expect("variant"));
     let (tn, tp, ti) = (m(&mut tput, "none"), m(&mut tput, "netpol"), m(&mut tput, "iptables"));
@@ -268,6 +322,17 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     figures.add("tcp_throughput_ratio_vs_no_program", tp / tn, "ratio");
     figures.add("tcp_throughput_ratio_vs_iptables", tp / ti, "ratio");
     figures.add("connection_rate_ratio_vs_no_program", rp / rn, "ratio");
+    let (un, up, ui) = (m(&mut udp, "none"), m(&mut udp, "netpol"), m(&mut udp, "iptables"));
+    figures.add("udp_throughput_gbps_no_program", un / 1e9, "Gbit/s");
+    figures.add("udp_throughput_gbps_netpol", up / 1e9, "Gbit/s");
+    figures.add("udp_throughput_gbps_iptables", ui / 1e9, "Gbit/s");
+    figures.add("udp_throughput_ratio_vs_no_program", up / un, "ratio");
+    figures.add("udp_throughput_ratio_vs_iptables", up / ui, "ratio");
+    let (ln, lp, li) = (m(&mut rr, "none"), m(&mut rr, "netpol"), m(&mut rr, "iptables"));
+    figures.add("request_response_us_no_program", ln, "us");
+    figures.add("request_response_us_netpol", lp, "us");
+    figures.add("request_response_us_iptables", li, "us");
+    figures.add("request_response_latency_ratio_vs_no_program", lp / ln, "ratio");
     figures.add("connection_rate_ratio_vs_iptables", rp / ri, "ratio");
     Ok(())
 }
