@@ -242,6 +242,15 @@ fn isolation_text(n: &Node) -> String {
     }
 }
 
+/// A node's name as drawn: a group's name with its number of pods.
+fn display_name(n: &Node) -> String {
+    if n.pods.len() > 1 {
+        format!("{} ({} pods)", n.name, n.pods.len())
+    } else {
+        n.name.clone()
+    }
+}
+
 /// The namespaces in order, each with the indices of its nodes.
 fn columns(r: &Reachability) -> Vec<(String, Vec<usize>)> {
     let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -268,9 +277,9 @@ pub fn to_mermaid(r: &Reachability) -> String {
             let n = &r.nodes[*i];
             let iso = isolation_text(n);
             if iso.is_empty() {
-                let _ = writeln!(out, "    n{i}[\"{}\"]", mermaid_text(&n.name));
+                let _ = writeln!(out, "    n{i}[\"{}\"]", mermaid_text(&display_name(n)));
             } else {
-                let _ = writeln!(out, "    n{i}[[\"{}<br/><small>{iso}</small>\"]]:::isolated", mermaid_text(&n.name));
+                let _ = writeln!(out, "    n{i}[[\"{}<br/><small>{iso}</small>\"]]:::isolated", mermaid_text(&display_name(n)));
             }
         }
         out.push_str("  end\n");
@@ -361,7 +370,7 @@ pub fn to_svg(r: &Reachability) -> String {
             xml_text(&n.pods.join(", "))
         );
         let name_y = if iso.is_empty() { y + BOX_H / 2 + 5 } else { y + 19 };
-        let _ = write!(out, r##"    <text x="{}" y="{name_y}" text-anchor="middle">{}</text>"##, x + BOX_W / 2, xml_text(&n.name));
+        let _ = write!(out, r##"    <text x="{}" y="{name_y}" text-anchor="middle">{}</text>"##, x + BOX_W / 2, xml_text(&display_name(n)));
         if !iso.is_empty() {
             let _ = write!(out, r##"<text x="{}" y="{}" text-anchor="middle" font-size="10" fill="#c0392b">{iso}</text>"##, x + BOX_W / 2, y + 36);
         }

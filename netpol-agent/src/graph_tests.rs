@@ -98,6 +98,7 @@ fn grouping_by_a_label_merges_pods_and_their_edges() {
     assert!(got.contains(&e("app=ingress-nginx", "app=frontend", "80/TCP")), "{got:?}");
     assert!(got.contains(&e("app=frontend", "app=backend", "8080/TCP")), "{got:?}");
     assert!(!got.iter().any(|(a, b, _)| a == b), "frontends may not talk to each other: {got:?}");
+    assert!(to_mermaid(&r).contains("[[\"app=frontend (2 pods)<br/>"), "{}", to_mermaid(&r));
 }
 
 #[test]
