@@ -6,9 +6,14 @@
 #[path = "conformance/cases.rs"]
 mod cases;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use cases::{Case, Probe, CASES};
+use netpol_agent::{
+    explain::{explain, Endpoint, PortQuery},
+    manifests::load_dir,
+    model::ClusterState,
+};
 use netpol_sandbox::{privileged, probe, Cluster, Protocol, Shape};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
@@ -64,18 +69,43 @@ fn parse_table(table: &str) -> Vec<Vec<bool>> {
     rows
 }
 
-/// Probes every pair but the diagonal; returns the number of probes and a report of the cells
-/// that differ from the table.
-fn check(c: &Cluster, p: Probe, table: &str) -> (usize, Option<String>) {
+/// What one table's check counted.
+#[derive(Default)]
+struct Counts {
+    /// Real probes made.
+    probes: usize,
+    /// Of those, how many `explain` answered the same as the probe.
+    explain_agrees: usize,
+}
+
+/// Probes every pair but the diagonal, and asks `explain` about each probe (the same source
+/// and destination addresses, port and protocol) on `state`, the manifests the agent enforces;
+/// returns the counts and a report of the cells where the table, the measurement and explain
+/// do not all agree.
+fn check(c: &Cluster, state: &ClusterState, p: Probe, table: &str) -> (Counts, Option<String>) {
     let expected = parse_table(table);
     let pods = all_pods();
     let protocol = Protocol::parse(p.protocol);
+    let query = PortQuery { protocol: netpol_agent::model::Protocol::parse(Some(p.protocol)).expect("a known protocol"), port: Some(p.port) };
     let mut probes = Vec::new();
     let mut cells = Vec::new();
+    let mut explained = vec![vec![true; 9]; 9];
+    let mut unexplained = vec![vec![false; 9]; 9];
+    let mut errors = Vec::new();
     for (i, from) in pods.iter().enumerate() {
         for (j, to) in pods.iter().enumerate() {
             if i != j {
-                probes.push((c.pod(from.0, from.1).netns.clone(), c.target(to.0, to.1, p.port, protocol, p.ipv6)));
+                let target = c.target(to.0, to.1, p.port, protocol, p.ipv6);
+                let src = c.pod(from.0, from.1);
+                let src_ip = if p.ipv6 { IpAddr::V6(src.ipv6) } else { IpAddr::V4(src.ipv4) };
+                match explain(state, &Endpoint::Ip(src_ip), &Endpoint::Ip(target.addr), query) {
+                    Ok(e) => explained[i][j] = e.allowed,
+                    Err(e) => {
+                        unexplained[i][j] = true;
+                        errors.push(format!("explain {src_ip} -> {} {query}: {e}", target.addr));
+                    }
+                }
+                probes.push((src.netns.clone(), target));
                 cells.push((i, j));
             }
         }
@@ -85,17 +115,24 @@ fn check(c: &Cluster, p: Probe, table: &str) -> (usize, Option<String>) {
     for ((i, j), ok) in cells.iter().zip(&results) {
         actual[*i][*j] = *ok;
     }
-    if actual == expected {
-        return (probes.len(), None);
+    let explain_agrees = cells.iter().filter(|(i, j)| !unexplained[*i][*j] && explained[*i][*j] == actual[*i][*j]).count();
+    let counts = Counts { probes: probes.len(), explain_agrees };
+    if actual == expected && explained == actual && errors.is_empty() {
+        return (counts, None);
     }
-    let mut report = format!("{} {} (ipv6: {}): expected | measured (rows: from, columns: to)\n", p.protocol, p.port, p.ipv6);
+    let mut report = format!("{} {} (ipv6: {}): expected | measured | explain (rows: from, columns: to)\n", p.protocol, p.port, p.ipv6);
     for (i, from) in pods.iter().enumerate() {
         let cell = |v: &Vec<Vec<bool>>, j: usize| if v[i][j] { '.' } else { 'X' };
         let e: String = (0..9).map(|j| cell(&expected, j)).collect();
         let a: String = (0..9).map(|j| cell(&actual, j)).collect();
-        report.push_str(&format!("{:>4}  {e} | {a}{}\n", format!("{}/{}", from.0, from.1), if e == a { "" } else { "   <-" }));
+        let x: String = (0..9).map(|j| if unexplained[i][j] { '?' } else { cell(&explained, j) }).collect();
+        let mark = if e == a && a == x { "" } else { "   <-" };
+        report.push_str(&format!("{:>4}  {e} | {a} | {x}{mark}\n", format!("{}/{}", from.0, from.1)));
     }
-    (probes.len(), Some(report))
+    for e in &errors {
+        report.push_str(&format!("  {e}\n"));
+    }
+    (counts, Some(report))
 }
 
 fn run_cases(shape: Shape) {
@@ -104,23 +141,38 @@ fn run_cases(shape: Shape) {
     }
     let mut c = xyz(shape);
     let mut failures = Vec::new();
-    let mut total = 0;
+    let mut total = Counts::default();
+    let mut tables = 0;
     for case in CASES {
-        let Case { name, policies, tables } = case;
+        let Case { name, policies, tables: case_tables } = case;
         let rendered: Vec<String> = policies.iter().map(|p| render(&c, p)).collect();
         c.set_policies(&rendered).expect("write policies");
         c.sync().expect("agent applies the case");
         let status = c.agent(0).status().expect("status");
         assert_eq!(status["problems"], serde_json::json!([]), "{name}: the case's policies are valid");
-        for (p, table) in *tables {
-            let (n, report) = check(&c, *p, table);
-            total += n;
+        // The state explain is asked about: the very manifests the agent has applied. No case
+        // depends on node addresses or host traffic (every probe is pod to pod), so none is
+        // skipped.
+        let loaded = load_dir(c.manifests.path()).expect("read the manifests");
+        assert_eq!(status["manifest_digest"], loaded.digest.as_str(), "{name}: explain reads what the agent enforces");
+        assert!(loaded.problems.is_empty(), "{name}: {:?}", loaded.problems);
+        for (p, table) in *case_tables {
+            let (n, report) = check(&c, &loaded.state, *p, table);
+            total.probes += n.probes;
+            total.explain_agrees += n.explain_agrees;
+            tables += 1;
             if let Some(r) = report {
                 failures.push(format!("{name}\n{r}"));
             }
         }
     }
-    eprintln!("{shape:?}: {} cases, {total} probes, {} tables wrong", CASES.len(), failures.len());
+    eprintln!(
+        "{shape:?}: {} cases, {tables} tables, {} probes, explain agrees with {} of them, {} tables wrong",
+        CASES.len(),
+        total.probes,
+        total.explain_agrees,
+        failures.len()
+    );
     assert!(failures.is_empty(), "{} tables differ:\n\n{}", failures.len(), failures.join("\n"));
 }
 
