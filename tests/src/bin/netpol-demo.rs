@@ -1,12 +1,14 @@
 //! `cargo xtask demo`: the three-tier example on a sandbox node with the real agent. Applies the
 //! demo's five steps, measures reachability with real TCP and UDP connections after each,
 //! prints it as a matrix with what changed, compares it with the expected reachability written
-//! in `demo_steps`, and writes a Markdown report with a Mermaid diagram per step. Exits non-zero
-//! on any mismatch.
+//! in `demo_steps` and with what `netpol-agent graph` computes from the same manifests, and
+//! writes a Markdown report with, per step, a Mermaid diagram of the measured connections, the
+//! graph's Mermaid diagram and its SVG (`step-N.svg`). Exits non-zero on any mismatch.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::Context as _;
+use netpol_agent::graph::{self, Reachability};
 use netpol_sandbox::{
     demo_steps::{CONNECTIONS, NAMESPACES, PODS, STEPS},
     privileged, probe, Cluster, Protocol, Shape,
@@ -57,7 +59,8 @@ fn run(report_dir: &std::path::Path) -> anyhow::Result<bool> {
     let namespace_of = |pod: &str| PODS.iter().find(|p| p.name == pod).map(|p| p.namespace).unwrap_or_default();
     let mut previous: Option<Vec<bool>> = None;
     let mut all_ok = true;
-    let mut md = String::from("# netpol demo: the three-tier example\n\nMeasured with real connections between pods in network namespaces, enforced by netpol's eBPF classifiers.\n");
+    let mut md = String::from("# netpol demo: the three-tier example\n\nMeasured with real connections between pods in network namespaces, enforced by netpol's eBPF classifiers, and computed offline by `netpol-agent graph` from the same manifests.\n");
+    std::fs::create_dir_all(report_dir).with_context(|| format!("create {}", report_dir.display()))?;
     for (i, step) in STEPS.iter().enumerate() {
         c.set_policies(&step.policies.iter().map(|p| (*p).to_string()).collect::<Vec<_>>())?;
         let t = Instant::now();
@@ -71,6 +74,11 @@ fn run(report_dir: &std::path::Path) -> anyhow::Result<bool> {
             })
             .collect();
         let measured = probe::probe_many(&probes);
+        // What `netpol-agent graph` computes from the manifests the agent has just applied.
+        let loaded = netpol_agent::manifests::load_dir(c.manifests.path())?;
+        let applied = c.agent(0).status().map(|s| s["manifest_digest"].clone()).unwrap_or_default();
+        anyhow::ensure!(applied == loaded.digest.as_str(), "the manifests changed under the demo");
+        let computed = graph::reachability(&loaded.state);
         println!("== Step {}/{}: {} ({} policies, applied in {applied_ms} ms) ==", i + 1, STEPS.len(), step.title, step.policies.len());
         print_matrix(&measured, previous.as_deref());
         let mismatches: Vec<String> = CONNECTIONS
@@ -81,6 +89,7 @@ fn run(report_dir: &std::path::Path) -> anyhow::Result<bool> {
                 format!("{from} -> {to}:{port}/{proto} is {} but should be {}", open(*m), open(!*m))
             })
             .collect();
+        let graph_mismatches = compare_with_graph(&computed, &measured);
         if let Some(prev) = &previous {
             let changes: Vec<String> = CONNECTIONS
                 .iter()
@@ -98,24 +107,34 @@ fn run(report_dir: &std::path::Path) -> anyhow::Result<bool> {
         for note in step.notes {
             println!("  * {note}");
         }
-        if mismatches.is_empty() {
-            println!("  check: all {} connections as expected\n", CONNECTIONS.len());
+        if mismatches.is_empty() && graph_mismatches.is_empty() {
+            println!("  check: all {} connections as expected, and as netpol-agent graph computes them\n", CONNECTIONS.len());
         } else {
             all_ok = false;
             for m in &mismatches {
                 println!("  MISMATCH: {m}");
             }
+            for m in &graph_mismatches {
+                println!("  MISMATCH: {m}");
+            }
             println!();
         }
-        write_step_report(&mut md, i, step.title, step.policies, step.notes, &measured, &mismatches);
+        let svg = format!("step-{}.svg", i + 1);
+        let svg_path = report_dir.join(&svg);
+        std::fs::write(&svg_path, graph::to_svg(&computed)).with_context(|| format!("write {}", svg_path.display()))?;
+        let all_mismatches: Vec<String> = mismatches.into_iter().chain(graph_mismatches).collect();
+        let step_report = StepReport { title: step.title, policies: step.policies, notes: step.notes, measured: &measured, mismatches: &all_mismatches };
+        write_step_report(&mut md, i, &step_report, &graph::to_mermaid(&computed), &svg);
         previous = Some(measured);
     }
-    std::fs::create_dir_all(report_dir).with_context(|| format!("create {}", report_dir.display()))?;
     let path = report_dir.join("demo.md");
     std::fs::write(&path, md).with_context(|| format!("write {}", path.display()))?;
     let counters = c.agent(0).status().map(|s| s["entries"].clone()).unwrap_or_default();
     println!("report: {}   map entries at the end: {counters}   took {:.1} s", path.display(), started.elapsed().as_secs_f64());
-    println!("{}", if all_ok { "demo: every step measured as expected" } else { "demo: MEASURED REACHABILITY DIFFERS FROM THE EXPECTED ONE" });
+    println!(
+        "{}",
+        if all_ok { "demo: every step measured as expected" } else { "demo: MEASURED REACHABILITY DIFFERS FROM THE EXPECTED OR THE COMPUTED ONE" }
+    );
     Ok(all_ok)
 }
 
@@ -159,8 +178,48 @@ fn print_matrix(measured: &[bool], previous: Option<&[bool]>) {
     println!("  (* changed in this step)");
 }
 
-fn write_step_report(md: &mut String, i: usize, title: &str, policies: &[&str], notes: &[&str], measured: &[bool], mismatches: &[String]) {
+/// Whether `graph` computes `from -> to` on `port`/`protocol` as allowed: the edge's classes,
+/// the class of exactly that port if there is one, else a range holding it, else the
+/// protocol's "other ports" class. `None` when the graph has no such pods.
+fn graph_allows(r: &Reachability, from: &str, to: &str, port: u16, protocol: &str) -> Option<bool> {
+    let node = |pod: &str| r.nodes.iter().position(|n| n.pods.len() == 1 && n.name == pod);
+    let (f, t) = (node(from)?, node(to)?);
+    let of = |pick: &dyn Fn(&graph::PortClass) -> bool| r.classes.iter().position(|c| c.protocol == protocol && pick(c));
+    let class = of(&|c| !c.other && c.lo == port && c.hi == port)
+        .or_else(|| of(&|c| !c.other && (c.lo..=c.hi).contains(&port)))
+        .or_else(|| of(&|c| c.other))?;
+    Some(r.edges.iter().any(|e| e.from == f && e.to == t && e.classes.contains(&class)))
+}
+
+/// The demo's pod-to-pod connections on which the measurement and `graph` disagree. The
+/// node's connections (kubelet traffic) are left out: graph draws pods only, and host access
+/// is a setting of the running agent, not something the manifests say.
+fn compare_with_graph(r: &Reachability, measured: &[bool]) -> Vec<String> {
+    CONNECTIONS
+        .iter()
+        .zip(measured)
+        .filter(|((from, ..), _)| *from != "node")
+        .filter_map(|((from, to, port, proto), m)| match graph_allows(r, from, to, *port, proto) {
+            Some(g) if g == *m => None,
+            Some(g) => Some(format!("{from} -> {to}:{port}/{proto} is {} but netpol-agent graph computes it {}", open(*m), open(g))),
+            None => Some(format!("{from} -> {to}:{port}/{proto}: netpol-agent graph has no such pods")),
+        })
+        .collect()
+}
+
+/// What one step's section of the report shows.
+struct StepReport<'a> {
+    title: &'a str,
+    policies: &'a [&'a str],
+    notes: &'a [&'a str],
+    measured: &'a [bool],
+    mismatches: &'a [String],
+}
+
+fn write_step_report(md: &mut String, i: usize, step: &StepReport<'_>, computed_mermaid: &str, svg: &str) {
+    let StepReport { title, policies, notes, measured, mismatches } = *step;
     let _ = writeln!(md, "\n## Step {}: {title}\n", i + 1);
+    let _ = writeln!(md, "**Measured** (real connections; dashed: blocked):\n");
     let _ = writeln!(md, "```mermaid\nflowchart LR");
     let mut by_ns: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for p in PODS {
@@ -183,6 +242,12 @@ fn write_step_report(md: &mut String, i: usize, title: &str, policies: &[&str], 
         }
     }
     let _ = writeln!(md, "```\n");
+    let _ = writeln!(
+        md,
+        "**Computed by netpol-agent graph** (from the same manifests, offline; pods only, the node is not drawn; [SVG]({svg})):\n"
+    );
+    let _ = writeln!(md, "```mermaid\n{}```\n", computed_mermaid);
+    let _ = writeln!(md, "![Step {} computed by netpol-agent graph]({svg})\n", i + 1);
     for n in notes {
         let _ = writeln!(md, "- {n}");
     }
