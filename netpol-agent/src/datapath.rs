@@ -22,11 +22,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netpol_common::{
-    EndpointInfo, IdentityValue, IpKey, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED, EP_HAS_IPV4, EP_HAS_IPV6,
-    EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY,
+    EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
+    EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_PEER_RULES,
+    MAP_POLICY, MAP_PORT_RULES,
 };
 
-use crate::compiler::{CidrKey, Desired, EndpointPlan, PolicyEntryKey};
+use crate::{
+    compiler::{CidrKey, Desired, EndpointPlan, PolicyEntryKey},
+    policy_maps::policy_maps,
+};
 
 /// The eBPF object built by build.rs from netpol-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpol"));
@@ -137,11 +141,15 @@ pub struct Datapath {
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     ipcache: HashMap<MapData, IpKey, IdentityValue>,
     cidrs: LpmTrie<MapData, IpKey, IdentityValue>,
+    peer_rules: HashMap<MapData, PeerKey, PeerRules>,
+    port_rules: HashMap<MapData, PolicyKey, PolicyValue>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     counters: PerCpuArray<MapData, u64>,
     cur_endpoints: BTreeMap<u32, EndpointInfo>,
     cur_ipcache: BTreeMap<IpKey, u32>,
     cur_cidrs: BTreeMap<CidrKey, u32>,
+    cur_peer_rules: BTreeMap<PeerKey, PeerRules>,
+    cur_port_rules: BTreeMap<PolicyKey, PolicyValue>,
     cur_policy: BTreeMap<PolicyEntryKey, PolicyValue>,
     /// Per endpoint id: fingerprint of its flags and policy entries, and its generation.
     fingerprints: BTreeMap<u32, (u64, u32)>,
@@ -171,6 +179,8 @@ impl Datapath {
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let ipcache = HashMap::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?;
         let cidrs = LpmTrie::try_from(take(&mut ebpf, MAP_CIDRS)?).map_err(map_err(MAP_CIDRS))?;
+        let peer_rules = HashMap::try_from(take(&mut ebpf, MAP_PEER_RULES)?).map_err(map_err(MAP_PEER_RULES))?;
+        let port_rules = HashMap::try_from(take(&mut ebpf, MAP_PORT_RULES)?).map_err(map_err(MAP_PORT_RULES))?;
         let policy = LpmTrie::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
         let mut dp = Self {
@@ -179,11 +189,15 @@ impl Datapath {
             endpoints,
             ipcache,
             cidrs,
+            peer_rules,
+            port_rules,
             policy,
             counters,
             cur_endpoints: BTreeMap::new(),
             cur_ipcache: BTreeMap::new(),
             cur_cidrs: BTreeMap::new(),
+            cur_peer_rules: BTreeMap::new(),
+            cur_port_rules: BTreeMap::new(),
             cur_policy: BTreeMap::new(),
             fingerprints: BTreeMap::new(),
         };
@@ -205,6 +219,14 @@ impl Datapath {
         for item in self.cidrs.iter() {
             let (k, v) = item.map_err(map_err("read cidrs"))?;
             self.cur_cidrs.insert(CidrKey { prefix_len: k.prefix_len(), addr: k.data() }, v.identity);
+        }
+        for item in self.peer_rules.iter() {
+            let (k, v) = item.map_err(map_err("read peer rules"))?;
+            self.cur_peer_rules.insert(k, v);
+        }
+        for item in self.port_rules.iter() {
+            let (k, v) = item.map_err(map_err("read port rules"))?;
+            self.cur_port_rules.insert(k, v);
         }
         for item in self.policy.iter() {
             let (k, v) = item.map_err(map_err("read policy"))?;
@@ -244,10 +266,14 @@ impl Datapath {
     pub fn apply_maps(&mut self, desired: &Desired, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>) -> ApplyStats {
         let mut stats = ApplyStats::default();
 
-        // 1. New and changed policy entries, regions and identities.
-        upsert(&mut self.cur_policy, &desired.policy, "policy entry", &mut stats, |k, v| {
+        // 1. New and changed policy entries (ports and ranges before the peer rules that send
+        // lookups to them), regions and identities.
+        let kernel = policy_maps(&desired.policy);
+        upsert(&mut self.cur_port_rules, &kernel.ports, "port rule", &mut stats, |k, v| self.port_rules.insert(k, v, 0));
+        upsert(&mut self.cur_policy, &kernel.ranges, "port range entry", &mut stats, |k, v| {
             self.policy.insert(&Key::new(k.prefix_len, k.key), v, 0)
         });
+        upsert(&mut self.cur_peer_rules, &kernel.peers, "peer rules", &mut stats, |k, v| self.peer_rules.insert(k, v, 0));
         // A peer address whose identity changes or goes away may revoke open flows of every
         // endpoint; a new address only adds identities, and policies only add allows.
         let identities_changed = self.cur_cidrs.iter().any(|(k, id)| desired.cidrs.get(k) != Some(id))
@@ -272,8 +298,10 @@ impl Datapath {
             }
         }
 
-        // 3. Removals.
-        remove_stale(&mut self.cur_policy, &desired.policy, "policy entry", &mut stats, |k| {
+        // 3. Removals (peer rules first: nothing sends lookups to an entry once it is gone).
+        remove_stale(&mut self.cur_peer_rules, &kernel.peers, "peer rules", &mut stats, |k| self.peer_rules.remove(k));
+        remove_stale(&mut self.cur_port_rules, &kernel.ports, "port rule", &mut stats, |k| self.port_rules.remove(k));
+        remove_stale(&mut self.cur_policy, &kernel.ranges, "port range entry", &mut stats, |k| {
             self.policy.remove(&Key::new(k.prefix_len, k.key))
         });
         remove_stale(&mut self.cur_cidrs, &desired.cidrs, "cidr region", &mut stats, |k| {

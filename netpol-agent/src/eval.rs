@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use netpol_common::{PolicyKey, IDENTITY_ANY};
 
 use crate::{
-    compiler::{ip_key, policy_key_covers, Desired, Direction},
+    compiler::{ip_key, Desired, Direction},
     model::ObjectRef,
+    policy_maps,
 };
 
 /// A new flow as one endpoint sees it.
@@ -59,6 +60,9 @@ pub fn allows(desired: &Desired, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
     if !isolated {
         return Some(true);
     }
+    // The endpoint's entries split as the kernel's maps hold them, looked up as the classifier does.
+    let entries = desired.entries_of(ep.id).map(|(k, v)| (*k, *v)).collect();
+    let maps = policy_maps::policy_maps(&entries);
     Some(peer_identities(desired, flow.peer).into_iter().any(|identity| {
         let probe = PolicyKey {
             endpoint: ep.id,
@@ -67,6 +71,6 @@ pub fn allows(desired: &Desired, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
             protocol: flow.protocol,
             port_be: flow.port.to_be(),
         };
-        desired.entries_of(ep.id).any(|(k, _)| policy_key_covers(k, &probe))
+        policy_maps::allows(&maps, &probe)
     }))
 }

@@ -18,6 +18,7 @@ pub mod lint;
 pub mod manifests;
 pub mod model;
 pub mod netlink;
+pub mod policy_maps;
 pub mod ports;
 pub mod selector;
 pub mod source;

@@ -22,8 +22,19 @@ pub const MAP_IPCACHE: &str = "NETPOL_IPCACHE";
 /// `cidr` and `except` prefix of every policy) to their CIDR identity; the longest match is the
 /// region. Written by the agent; read by the classifier for new flows.
 pub const MAP_CIDRS: &str = "NETPOL_CIDRS";
-/// Name of the LPM trie `(prefix_len: u32, PolicyKey) -> PolicyValue`. Written by the agent (the compiled
-/// policy); read by the classifier for new flows of isolated endpoints.
+/// Name of the hash map `PeerKey -> PeerRules`: per (endpoint, peer identity, direction), what
+/// the compiled policy allows that peer — everything, all ports of some protocols — and which
+/// protocols have single-port or port-range entries to look up. Written by the agent (from the
+/// compiled policy entries); read by the classifier first for every new flow of an isolated
+/// endpoint, one exact lookup per peer identity, whatever the number of policies.
+pub const MAP_PEER_RULES: &str = "NETPOL_PEER_RULES";
+/// Name of the hash map `PolicyKey -> PolicyValue`: single allowed ports (every field exact).
+/// Written by the agent; read by the classifier when [`PeerRules::ports`] has the protocol.
+pub const MAP_PORT_RULES: &str = "NETPOL_PORT_RULES";
+/// Name of the LPM trie `(prefix_len: u32, PolicyKey) -> PolicyValue`: allowed port ranges, as
+/// prefixes of `port_be` (prefix lengths between [`POLICY_PREFIX_PROTO`] and
+/// [`POLICY_PREFIX_FULL`], exclusive). Written by the agent; read by the classifier only when
+/// [`PeerRules::ranges`] has the protocol, so its depth never costs other flows anything.
 pub const MAP_POLICY: &str = "NETPOL_POLICY";
 /// Name of the LRU hash `CtKey -> CtValue`: connection tracking. Written and read by the
 /// classifier only; the agent reads it for statistics and deletes entries of removed endpoints.
@@ -43,6 +54,8 @@ pub const IPCACHE_MAX: u32 = 262_144;
 pub const CIDRS_MAX: u32 = 65_536;
 /// Capacity of [`MAP_POLICY`].
 pub const POLICY_MAX: u32 = 1_048_576;
+/// Capacity of [`MAP_PEER_RULES`] and of [`MAP_PORT_RULES`] (allocated as used).
+pub const RULES_MAX: u32 = 1_048_576;
 /// Capacity of [`MAP_CONNTRACK`].
 pub const CONNTRACK_MAX: u32 = 262_144;
 /// Capacity of [`MAP_FRAGMENTS`].
@@ -204,6 +217,59 @@ pub struct PolicyKey {
     pub port_be: u16,
 }
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+/// Key of [`MAP_PEER_RULES`]: one peer identity of one endpoint in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PeerKey {
+    /// Endpoint id.
+    pub endpoint: u32,
+    /// Peer identity, or [`IDENTITY_ANY`].
+    pub identity: u32,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+    /// Explicit padding.
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 8 + 4);
+
+/// [`PeerRules`] protocol bit of TCP.
+pub const PROTO_BIT_TCP: u8 = 1;
+/// [`PeerRules`] protocol bit of UDP.
+pub const PROTO_BIT_UDP: u8 = 2;
+/// [`PeerRules`] protocol bit of SCTP.
+pub const PROTO_BIT_SCTP: u8 = 4;
+
+/// The [`PeerRules`] bit of an IP protocol; 0 for protocols without ports (ICMP and others,
+/// which only a rule without ports allows).
+#[inline(always)]
+pub const fn proto_bit(protocol: u8) -> u8 {
+    match protocol {
+        6 => PROTO_BIT_TCP,
+        17 => PROTO_BIT_UDP,
+        132 => PROTO_BIT_SCTP,
+        _ => 0,
+    }
+}
+
+/// Value of [`MAP_PEER_RULES`]: what one peer may do, by protocol bit (`PROTO_BIT_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PeerRules {
+    /// Non-zero: every protocol and port is allowed (a rule without ports).
+    pub any: u8,
+    /// Protocols all of whose ports are allowed (a port entry without a port number).
+    pub all_ports: u8,
+    /// Protocols with single-port entries in [`MAP_PORT_RULES`].
+    pub ports: u8,
+    /// Protocols with port-range entries in [`MAP_POLICY`].
+    pub ranges: u8,
+    /// The compiled rule behind `any` or `all_ports` (the agent's rule table), 0 if none.
+    pub rule: u32,
+}
+const _: () = assert!(core::mem::size_of::<PeerRules>() == 8);
 
 /// Action of a policy entry. v1 NetworkPolicy only writes [`ACTION_ALLOW`]; the admin tiers
 /// (ClusterNetworkPolicy) will add deny and pass entries without a new data path.
@@ -411,7 +477,7 @@ impl Reason {
 mod user {
     //! `aya::Pod` for the map types, so the agent can read and write them.
     use super::{
-        CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PolicyKey,
+        CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey,
         PolicyValue,
     };
 
@@ -426,6 +492,10 @@ mod user {
     unsafe impl aya::Pod for PolicyKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PeerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PeerRules {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CtKey {}
     // SAFETY: as above.

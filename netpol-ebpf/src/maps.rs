@@ -6,9 +6,12 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use netpol_common::{
-    CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PolicyKey, PolicyValue,
-    CIDRS_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, REASON_COUNT,
+    CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue,
+    CIDRS_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, REASON_COUNT, RULES_MAX,
 };
+
+/// `BPF_F_NO_PREALLOC`: hash map elements allocated as written, not all at load.
+const NO_PREALLOC: u32 = 1;
 
 /// `ifindex -> EndpointInfo` (`netpol_common::MAP_ENDPOINTS`).
 #[map(name = "NETPOL_ENDPOINTS")]
@@ -22,7 +25,17 @@ pub static IPCACHE: HashMap<IpKey, IdentityValue> = HashMap::pinned(IPCACHE_MAX,
 #[map(name = "NETPOL_CIDRS")]
 pub static CIDRS: LpmTrie<IpKey, IdentityValue> = LpmTrie::pinned(CIDRS_MAX, 0);
 
-/// (endpoint, identity, direction, protocol, port) prefix -> action (`netpol_common::MAP_POLICY`).
+/// (endpoint, identity, direction) -> what that peer may do (`netpol_common::MAP_PEER_RULES`).
+#[map(name = "NETPOL_PEER_RULES")]
+pub static PEER_RULES: HashMap<PeerKey, PeerRules> = HashMap::pinned(RULES_MAX, NO_PREALLOC);
+
+/// (endpoint, identity, direction, protocol, port) -> action, single ports
+/// (`netpol_common::MAP_PORT_RULES`).
+#[map(name = "NETPOL_PORT_RULES")]
+pub static PORT_RULES: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(RULES_MAX, NO_PREALLOC);
+
+/// (endpoint, identity, direction, protocol, port) prefix -> action, port ranges
+/// (`netpol_common::MAP_POLICY`).
 #[map(name = "NETPOL_POLICY")]
 pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
 

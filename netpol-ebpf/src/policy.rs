@@ -1,13 +1,14 @@
-//! Policy decisions for new flows: a fixed number of lookups (the peer's pod identity, its CIDR
-//! identity, and the reserved ANY identity), whatever the number of policies.
+//! Policy decisions for new flows: a fixed number of exact lookups (the peer's pod identity, its
+//! CIDR identity, and the reserved ANY identity, each with its rules), whatever the number of
+//! policies.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
-    EndpointInfo, IpKey, PolicyKey, ACTION_ALLOW, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED,
-    IDENTITY_ANY, POLICY_PREFIX_FULL,
+    proto_bit, EndpointInfo, IpKey, PeerKey, PolicyKey, ACTION_ALLOW, DIR_INGRESS, EP_EGRESS_ISOLATED,
+    EP_INGRESS_ISOLATED, IDENTITY_ANY, POLICY_PREFIX_FULL,
 };
 
-use crate::maps::{CIDRS, IPCACHE, POLICY};
+use crate::maps::{CIDRS, IPCACHE, PEER_RULES, POLICY, PORT_RULES};
 
 /// Whether the endpoint is isolated in `direction`.
 #[inline(always)]
@@ -16,15 +17,37 @@ pub fn isolated(ep: &EndpointInfo, direction: u8) -> bool {
     ep.flags & bit != 0
 }
 
-/// Whether a policy entry allows `identity` for this endpoint, direction, protocol and port.
-/// Its own small BPF function: the LPM key lives in this frame only.
+/// Whether the compiled policy allows `identity` for this endpoint, direction, protocol and
+/// port: one exact lookup of what the peer may do, then, only for protocols that have them, one
+/// exact lookup of the port and one LPM lookup of port ranges. Its own small BPF function: the
+/// keys live in this frame only.
 #[inline(never)]
 fn entry_allows(endpoint: u32, identity: u32, direction: u8, protocol: u8, dport_be: u16) -> bool {
-    let key = Key::new(POLICY_PREFIX_FULL, PolicyKey { endpoint, identity, direction, protocol, port_be: dport_be });
-    match POLICY.get(&key) {
-        Some(v) => v.action == ACTION_ALLOW,
-        None => false,
+    let peer = PeerKey { endpoint, identity, direction, _pad: 0, _pad2: 0 };
+    // SAFETY: the value is copied out at once; the agent replaces values whole.
+    let Some(rules) = (unsafe { PEER_RULES.get(&peer) }).copied() else { return false };
+    if rules.any != 0 {
+        return true;
     }
+    let bit = proto_bit(protocol);
+    if rules.all_ports & bit != 0 {
+        return true;
+    }
+    let key = PolicyKey { endpoint, identity, direction, protocol, port_be: dport_be };
+    if rules.ports & bit != 0 {
+        // SAFETY: only the action is read, at once.
+        if let Some(v) = unsafe { PORT_RULES.get(&key) } {
+            if v.action == ACTION_ALLOW {
+                return true;
+            }
+        }
+    }
+    if rules.ranges & bit != 0 {
+        if let Some(v) = POLICY.get(&Key::new(POLICY_PREFIX_FULL, key)) {
+            return v.action == ACTION_ALLOW;
+        }
+    }
+    false
 }
 
 /// Whether a new flow with `peer` in `direction` to `dport_be` is allowed: by no isolation in
