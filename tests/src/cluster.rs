@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 use crate::{
     agent::Agent,
     manifests::{ManifestDir, PodManifest},
-    node::{Node, Pod, Shape},
+    node::{Node, Pod, Shape, Underlay},
     probe::{self, Protocol, Target},
     servers::{self, Servers},
 };
@@ -24,7 +24,7 @@ struct PodEntry {
     servers: Servers,
 }
 
-/// A sandbox cluster. Fields drop in order: agents first, then servers, manifests, nodes.
+/// A sandbox cluster. Fields drop in order: agents first, then servers, manifests, nodes, underlay.
 pub struct Cluster {
     agents: Vec<Option<Agent>>,
     pods: Vec<PodEntry>,
@@ -34,6 +34,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     policies: Vec<String>,
+    /// The network between the nodes, once [`Cluster::connect_nodes`] made it.
+    pub underlay: Option<Underlay>,
 }
 
 /// How long to wait for an agent to apply a change.
@@ -53,7 +55,16 @@ impl Cluster {
             nodes,
             namespaces: BTreeMap::new(),
             policies: Vec::new(),
+            underlay: None,
         })
+    }
+
+    /// Connects the nodes to each other like Flannel's host-gw (see [`Underlay`]): afterwards every
+    /// pod reaches every pod of every node by its own addresses, IPv4 and IPv6.
+    pub fn connect_nodes(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.underlay.is_none(), "the nodes are already connected");
+        self.underlay = Some(Underlay::connect(&self.nodes)?);
+        Ok(())
     }
 
     /// Adds (or relabels) a namespace and rewrites the manifests.

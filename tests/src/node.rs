@@ -106,6 +106,11 @@ impl Node {
         format!("198.18.{}.0/24", self.subnet)
     }
 
+    /// The IPv6 /64 the node's pods live in.
+    pub fn subnet6(&self) -> String {
+        format!("{}/64", Ipv6Addr::new(0xfd00, 0x198, 0x18, u16::from(self.subnet), 0, 0, 0, 0))
+    }
+
     /// Creates a pod namespace connected to the node.
     pub fn add_pod(&mut self, namespace: &str, name: &str) -> anyhow::Result<Pod> {
         let host = self.next_host;
@@ -186,6 +191,71 @@ impl Drop for Node {
             let _ = ip(&["netns", "del", &pod.netns]);
         }
         // Deleting the node namespace deletes its bridge and the host ends of the veths.
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}
+
+/// The network between nodes, as Flannel's host-gw builds it: one L2 segment (a bridge in an
+/// "underlay" namespace of its own) with a veth `eth0` into every node, and in every node a route
+/// to each other node's pod subnets via that node's underlay address, IPv4 and IPv6. Pod traffic
+/// crosses it unencapsulated and unNATed. Deleting the underlay namespace (on drop) deletes the
+/// bridge and every node's `eth0`; the nodes' routes go with their `eth0`.
+pub struct Underlay {
+    /// The underlay's network namespace (holds only the bridge `br0` and its ports).
+    pub netns: String,
+    /// Node i's underlay addresses, in the order the nodes were given.
+    pub addrs: Vec<(Ipv4Addr, Ipv6Addr)>,
+}
+
+impl Underlay {
+    /// Node i's underlay IPv4 address: 198.19.0.(i + 1)/24 (outside every pod subnet).
+    pub fn addr4(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, 0, u8::try_from(i + 1).expect("fewer than 255 nodes"))
+    }
+
+    /// Node i's underlay IPv6 address: fd00:198:18:ff00::(i + 1)/64.
+    pub fn addr6(i: usize) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x198, 0x18, 0xff00, 0, 0, 0, u16::try_from(i + 1).expect("fewer than 65535 nodes"))
+    }
+
+    /// Connects `nodes` to each other.
+    pub fn connect(nodes: &[Node]) -> anyhow::Result<Self> {
+        let underlay = Self { netns: netns::unique("npu"), addrs: (0..nodes.len()).map(|i| (Self::addr4(i), Self::addr6(i))).collect() };
+        ip(&["netns", "add", &underlay.netns])?;
+        // From here on, Drop deletes the namespace whatever fails next.
+        underlay.setup(nodes).with_context(|| format!("set up underlay {}", underlay.netns))?;
+        Ok(underlay)
+    }
+
+    fn setup(&self, nodes: &[Node]) -> anyhow::Result<()> {
+        let u = &self.netns;
+        for (key, value) in [("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0")] {
+            netns::sysctl(u, key, value)?;
+        }
+        ip(&["-n", u, "link", "set", "lo", "up"])?;
+        ip(&["-n", u, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", u, "link", "set", "br0", "up"])?;
+        for (i, node) in nodes.iter().enumerate() {
+            let (n, port) = (&node.netns, format!("node{i}"));
+            ip(&["-n", u, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", n])?;
+            ip(&["-n", u, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", n, "addr", "add", &format!("{}/24", Self::addr4(i)), "dev", "eth0"])?;
+            ip(&["-n", n, "addr", "add", &format!("{}/64", Self::addr6(i)), "dev", "eth0", "nodad"])?;
+            ip(&["-n", n, "link", "set", "eth0", "up"])?;
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            for (j, other) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+                let n = &node.netns;
+                ip(&["-n", n, "route", "add", &other.subnet4(), "via", &Self::addr4(j).to_string(), "dev", "eth0"])?;
+                ip(&["-n", n, "-6", "route", "add", &other.subnet6(), "via", &Self::addr6(j).to_string(), "dev", "eth0"])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.netns]);
     }
 }
