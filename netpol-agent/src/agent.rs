@@ -54,6 +54,8 @@ pub struct RunConfig {
     pub resync: Duration,
     /// Where to serve `/healthz` and `/readyz` (none: no health endpoints).
     pub health_addr: Option<SocketAddr>,
+    /// Namespaces in audit mode (policy drops pass, counted as "would drop").
+    pub audit_namespaces: std::collections::BTreeSet<String>,
 }
 
 /// What the agent reports after each sync (the `--status-file`).
@@ -75,6 +77,10 @@ pub struct Status {
     pub problems: Vec<Problem>,
     /// Data-path failures of the last sync.
     pub errors: Vec<String>,
+    /// Packets counted by the classifiers per local pod (`namespace/name`), direction
+    /// (`ingress`: into the pod, `egress`: out of it) and reason (`netpol_common::Reason`
+    /// names), only the non-zero ones; read after each sync.
+    pub packets: BTreeMap<String, BTreeMap<&'static str, BTreeMap<&'static str, u64>>>,
     /// Map entries: policy, ipcache, CIDR regions, endpoints.
     pub entries: BTreeMap<String, usize>,
 }
@@ -211,9 +217,10 @@ fn sync(
     status: &mut Status,
     seeded: &mut bool,
 ) -> anyhow::Result<bool> {
-    let Some(loaded) = source.snapshot()? else {
+    let Some(mut loaded) = source.snapshot()? else {
         return Ok(false);
     };
+    loaded.state.audit_namespaces.clone_from(&cfg.audit_namespaces);
     let host_ips = if cfg.allow_host { netlink::local_addresses().context("list node addresses")? } else { Vec::new() };
     if !*seeded {
         // Keep the endpoint ids an earlier agent gave (by pod address), so conntrack entries
@@ -261,6 +268,7 @@ fn sync(
     status.attached = interfaces.keys().map(ToString::to_string).collect();
     status.problems = loaded.problems;
     status.errors = stats.errors;
+    status.packets = pod_counters(datapath, &interfaces);
     status.entries = BTreeMap::from([
         ("policy".to_string(), desired.policy.len()),
         ("ipcache".to_string(), desired.ipcache.len()),
@@ -271,6 +279,28 @@ fn sync(
         write_status(path, status).with_context(|| format!("write status {}", path.display()))?;
     }
     Ok(true)
+}
+
+/// The classifiers' packet counters of each attached local pod.
+fn pod_counters(
+    datapath: &Datapath,
+    interfaces: &BTreeMap<ObjectRef, PodInterface>,
+) -> BTreeMap<String, BTreeMap<&'static str, BTreeMap<&'static str, u64>>> {
+    let mut out = BTreeMap::new();
+    for (pod, iface) in interfaces {
+        let Some(ep) = datapath.current_endpoints().get(&iface.ifindex) else { continue };
+        let Ok(counts) = datapath.slot_counters(ep.slot) else { continue };
+        let mut by_direction: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        for (reason, [ingress, egress]) in counts {
+            for (direction, n) in [("ingress", ingress), ("egress", egress)] {
+                if n > 0 {
+                    by_direction.entry(direction).or_default().insert(reason.name(), n);
+                }
+            }
+        }
+        out.insert(pod.to_string(), by_direction);
+    }
+    out
 }
 
 fn endpoint_has(ep: &netpol_common::EndpointInfo, ip: &IpAddr) -> bool {

@@ -93,6 +93,9 @@ pub struct EndpointPlan {
     pub ipv6: Option<Ipv6Addr>,
     /// All the pod's addresses (the attacher finds the pod's veth by them).
     pub ips: Vec<IpAddr>,
+    /// Audit mode: its namespace is in [`ClusterState::audit_namespaces`]; policy drops pass
+    /// and are counted (and reported) as "would drop".
+    pub audit: bool,
 }
 
 /// Which rule of which policy a policy entry comes from (rule ids index this, from 1).
@@ -404,6 +407,7 @@ impl Compiler {
                     id: endpoint,
                     ingress_isolated,
                     egress_isolated,
+                    audit: state.audit_namespaces.contains(&pod.id.namespace),
                     ipv4: pod.ips.iter().find_map(|ip| match ip {
                         IpAddr::V4(a) => Some(*a),
                         IpAddr::V6(_) => None,

@@ -22,7 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netpol_common::{
-    EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
+    counter_index, COUNTER_SLOTS, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
     EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_PEER_RULES,
     MAP_POLICY, MAP_PORT_RULES,
 };
@@ -243,14 +243,70 @@ impl Datapath {
         &self.cur_endpoints
     }
 
-    /// Packets counted per reason, summed over CPUs.
+    /// Packets counted per reason, summed over CPUs, endpoints and directions.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let mut out = BTreeMap::new();
-        for reason in Reason::ALL {
-            let values = self.counters.get(&(reason as u32), 0).map_err(map_err("read counters"))?;
-            out.insert(reason.name(), values.iter().sum());
+        let mut out: BTreeMap<&'static str, u64> = Reason::ALL.iter().map(|r| (r.name(), 0)).collect();
+        let mut slots: BTreeSet<u32> = self.cur_endpoints.values().map(|e| e.slot).collect();
+        slots.insert(0);
+        for slot in slots {
+            for (reason, [ingress, egress]) in self.slot_counters(slot)? {
+                *out.entry(reason.name()).or_default() += ingress + egress;
+            }
         }
         Ok(out)
+    }
+
+    /// Packets counted for one endpoint slot (see `netpol_common::counter_index`), per reason:
+    /// `[ingress, egress]`, summed over CPUs. Slot 0 holds interfaces without an endpoint.
+    pub fn slot_counters(&self, slot: u32) -> Result<Vec<(Reason, [u64; 2])>> {
+        let mut out = Vec::with_capacity(Reason::ALL.len());
+        for reason in Reason::ALL {
+            let mut by_direction = [0u64; 2];
+            for (d, direction) in [DIR_INGRESS, DIR_EGRESS].into_iter().enumerate() {
+                let values =
+                    self.counters.get(&counter_index(slot, direction, reason as u32), 0).map_err(map_err("read counters"))?;
+                by_direction[d] = values.iter().sum();
+            }
+            out.push((reason, by_direction));
+        }
+        Ok(out)
+    }
+
+    /// Zeroes an endpoint slot's counters before a new endpoint takes it.
+    fn reset_slot(&mut self, slot: u32, stats: &mut ApplyStats) {
+        let cpus = match aya::util::nr_cpus() {
+            Ok(n) => n,
+            Err((_, e)) => return stats.errors.push(format!("count CPUs: {e}")),
+        };
+        for reason in Reason::ALL {
+            for direction in [DIR_INGRESS, DIR_EGRESS] {
+                let zeros = match aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
+                    Ok(z) => z,
+                    Err(e) => return stats.errors.push(format!("zero counters: {e}")),
+                };
+                if let Err(e) = self.counters.set(counter_index(slot, direction, reason as u32), zeros, 0) {
+                    stats.errors.push(format!("reset counters of slot {slot}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// The counter slot of the endpoint `id` on `ifindex`: the one it has, or the lowest one no
+    /// current endpoint uses (zeroed first), or the shared slot 0 when all are taken.
+    fn slot_for(&mut self, ifindex: u32, id: u32, stats: &mut ApplyStats) -> u32 {
+        if let Some(ep) = self.cur_endpoints.get(&ifindex) {
+            if ep.endpoint == id && ep.slot != 0 {
+                return ep.slot;
+            }
+        }
+        let used: BTreeSet<u32> = self.cur_endpoints.values().map(|e| e.slot).collect();
+        match (1..COUNTER_SLOTS).find(|s| !used.contains(s)) {
+            Some(slot) => {
+                self.reset_slot(slot, stats);
+                slot
+            }
+            None => 0,
+        }
     }
 
     /// Brings maps and attachments to `desired`, for the local pods found at `interfaces`
@@ -292,7 +348,8 @@ impl Datapath {
             let fingerprint = fingerprint(desired, plan);
             wanted.insert(iface.ifindex, (fingerprint, plan));
             let generation = self.fingerprints.get(&plan.id).map_or(1, |(_, g)| *g);
-            let info = endpoint_info(plan, generation);
+            let slot = self.slot_for(iface.ifindex, plan.id, &mut stats);
+            let info = endpoint_info(plan, generation, slot);
             if self.cur_endpoints.get(&iface.ifindex) != Some(&info) {
                 self.write_endpoint(iface.ifindex, info, &mut stats);
             }
@@ -315,7 +372,8 @@ impl Datapath {
             if old_fp != *fp || identities_changed {
                 let generation = generation.wrapping_add(1).max(1);
                 self.fingerprints.insert(plan.id, (*fp, generation));
-                self.write_endpoint(*ifindex, endpoint_info(plan, generation), &mut stats);
+                let slot = self.cur_endpoints.get(ifindex).map_or(0, |e| e.slot);
+                self.write_endpoint(*ifindex, endpoint_info(plan, generation, slot), &mut stats);
             }
         }
 
@@ -551,8 +609,8 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
     prog.try_into().map_err(prog_err(format!("program {name}")))
 }
 
-/// The endpoint map value of a plan at a generation.
-pub fn endpoint_info(plan: &EndpointPlan, generation: u32) -> EndpointInfo {
+/// The endpoint map value of a plan at a generation, counting into counter slot `slot`.
+pub fn endpoint_info(plan: &EndpointPlan, generation: u32, slot: u32) -> EndpointInfo {
     let mut flags = 0;
     if plan.ingress_isolated {
         flags |= EP_INGRESS_ISOLATED;
@@ -566,11 +624,14 @@ pub fn endpoint_info(plan: &EndpointPlan, generation: u32) -> EndpointInfo {
     if plan.ipv6.is_some() {
         flags |= EP_HAS_IPV6;
     }
+    if plan.audit {
+        flags |= EP_AUDIT;
+    }
     EndpointInfo {
         endpoint: plan.id,
         flags,
         generation,
-        _pad: 0,
+        slot,
         ipv4: plan.ipv4.map_or(0, |a| u32::from_ne_bytes(a.octets())),
         _pad2: 0,
         ipv6: plan.ipv6.map_or(IpKey::default(), |a| IpKey::from_octets(a.octets())),

@@ -42,6 +42,10 @@ enum Command {
         /// Serve /healthz and /readyz on this address ("off": not at all).
         #[arg(long, default_value = netpol_agent::health::DEFAULT_ADDR)]
         health_addr: String,
+        /// Audit mode for this namespace (repeatable): its pods' policy drops pass and are
+        /// counted as `allow_audit` ("would drop"), to roll out isolation safely.
+        #[arg(long = "audit-namespace", value_name = "NAMESPACE")]
+        audit_namespaces: Vec<String>,
     },
     /// Remove every program, link and map pinned under the pin path (stops enforcement).
     Uninstall {
@@ -116,7 +120,7 @@ fn main() -> anyhow::Result<()> {
         builder.init();
     }
     match cli.command {
-        Command::Run { manifests, node_name, pin_path, status_file, no_host_access, resync_seconds, health_addr } => {
+        Command::Run { manifests, node_name, pin_path, status_file, no_host_access, resync_seconds, health_addr, audit_namespaces } => {
             let health_addr = match health_addr.as_str() {
                 "off" => None,
                 a => Some(a.parse().with_context(|| format!("--health-addr {a:?}: not an address:port"))?),
@@ -134,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 allow_host: !no_host_access,
                 resync: Duration::from_secs(resync_seconds.max(1)),
                 health_addr,
+                audit_namespaces: audit_namespaces.into_iter().collect(),
             }))
         }
         Command::Uninstall { pin_path } => {

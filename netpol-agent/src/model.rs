@@ -4,7 +4,7 @@
 //! [`Problem`] and left out; everything else is kept.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
 };
@@ -211,6 +211,9 @@ pub struct ClusterState {
     pub pods: BTreeMap<ObjectRef, Pod>,
     /// Valid policies, by namespace/name.
     pub policies: BTreeMap<ObjectRef, Policy>,
+    /// Namespaces in audit mode (the agent's `--audit-namespace`): their pods' policy drops
+    /// pass and are reported as "would drop".
+    pub audit_namespaces: BTreeSet<String>,
 }
 
 impl ClusterState {

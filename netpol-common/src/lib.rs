@@ -42,10 +42,13 @@ pub const MAP_CONNTRACK: &str = "NETPOL_CONNTRACK";
 /// Name of the LRU hash `FragKey -> FragValue`: the verdict of the first fragment of a datagram,
 /// for its later fragments. Written and read by the classifier only.
 pub const MAP_FRAGMENTS: &str = "NETPOL_FRAGMENTS";
-/// Name of the per-CPU array `u32 (Reason) -> u64`: packets per verdict reason. Written by the
-/// classifier; read (summed over CPUs) by the agent and tests.
+/// Name of the per-CPU array `u32 -> u64`: packets per endpoint slot, direction and verdict
+/// reason, at index [`counter_index`]`(slot, direction, reason)`. Written by the classifier (one
+/// increment per packet); read (summed over CPUs) by the agent for its metrics, and by tests.
 pub const MAP_COUNTERS: &str = "NETPOL_COUNTERS";
 
+/// Size of [`MAP_COUNTERS`].
+pub const COUNTERS_LEN: u32 = COUNTER_SLOTS * 2 * REASON_COUNT;
 /// Capacity of [`MAP_ENDPOINTS`] (local pods on one node).
 pub const ENDPOINTS_MAX: u32 = 4096;
 /// Capacity of [`MAP_IPCACHE`] (pod IPs in the cluster plus node addresses).
@@ -69,6 +72,21 @@ pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
 pub const EP_HAS_IPV4: u32 = 1 << 2;
 /// `EndpointInfo::flags`: the endpoint has an IPv6 address in `ipv6`.
 pub const EP_HAS_IPV6: u32 = 1 << 3;
+/// `EndpointInfo::flags`: audit mode. Packets policy would drop pass, counted as
+/// [`Reason::AllowAudit`] (and reported), so a team can roll out isolation safely.
+pub const EP_AUDIT: u32 = 1 << 4;
+
+/// Endpoint slots of [`MAP_COUNTERS`]: slot 0 is shared by interfaces without an endpoint and
+/// endpoints beyond the last slot; the agent gives each local pod its own slot from 1.
+pub const COUNTER_SLOTS: u32 = 512;
+
+/// The [`MAP_COUNTERS`] index of packets of endpoint slot `slot` (0 past [`COUNTER_SLOTS`]) in
+/// `direction` counted under `reason`.
+#[inline(always)]
+pub const fn counter_index(slot: u32, direction: u8, reason: u32) -> u32 {
+    let slot = if slot < COUNTER_SLOTS { slot } else { 0 };
+    (slot * 2 + (direction as u32 & 1)) * REASON_COUNT + reason
+}
 
 /// Value of [`MAP_ENDPOINTS`]: one local pod, as seen by the classifier on its veth.
 #[repr(C)]
@@ -81,8 +99,8 @@ pub struct EndpointInfo {
     /// Policy generation: bumped by the agent whenever this endpoint's isolation or policy
     /// entries change, so that conntrack entries made under an older generation are checked again.
     pub generation: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The endpoint's slot in [`MAP_COUNTERS`] (see [`counter_index`]).
+    pub slot: u32,
     /// The pod's IPv4 address when `EP_HAS_IPV4`: its network-order bytes read as one native
     /// word (`u32::from_ne_bytes(octets)`), so the classifier compares it in one instruction.
     pub ipv4: u32,
@@ -410,10 +428,12 @@ pub enum Reason {
     DropNonIp = 14,
     /// Allowed: an ICMP error about a tracked flow (destination unreachable, time exceeded, ...).
     AllowRelated = 15,
+    /// Allowed: the endpoint is in audit mode and policy would have dropped the packet.
+    AllowAudit = 16,
 }
 
-/// Number of [`Reason`] values (size of [`MAP_COUNTERS`]).
-pub const REASON_COUNT: u32 = 16;
+/// Number of [`Reason`] values (counters per endpoint slot and direction in [`MAP_COUNTERS`]).
+pub const REASON_COUNT: u32 = 17;
 
 impl Reason {
     /// Every reason, in counter-index order.
@@ -434,6 +454,7 @@ impl Reason {
         Reason::AllowUnknownInterface,
         Reason::DropNonIp,
         Reason::AllowRelated,
+        Reason::AllowAudit,
     ];
 
     /// A short snake_case name for logs and metrics.
@@ -455,7 +476,14 @@ impl Reason {
             Reason::AllowUnknownInterface => "allow_unknown_interface",
             Reason::DropNonIp => "drop_non_ip",
             Reason::AllowRelated => "allow_related",
+            Reason::AllowAudit => "allow_audit",
         }
+    }
+
+    /// Whether this is a drop decided by policy isolation (what audit mode lets pass), rather
+    /// than by a packet's own fault (spoofed, malformed).
+    pub const fn is_policy_drop(self) -> bool {
+        matches!(self, Reason::DropNoRule | Reason::DropRevoked | Reason::DropNonIp | Reason::DropOrphanFragment)
     }
 
     /// Whether packets counted under this reason are dropped.

@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    EndpointInfo, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
+    counter_index, EndpointInfo, EP_AUDIT, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
 };
 
 use crate::{
@@ -42,12 +42,27 @@ pub fn netpol_noop(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Decides, counts, and turns the reason into a TC action. Allowed packets go on to the next
-/// program on the hook (`TC_ACT_UNSPEC` is TCX_NEXT), so netpol composes with a CNI's programs.
+/// Finds the endpoint, decides, counts (per endpoint slot, direction and reason), and turns
+/// the reason into a TC action. Allowed packets go on to the next program on the hook
+/// (`TC_ACT_UNSPEC` is TCX_NEXT), so netpol composes with a CNI's programs. In audit mode a
+/// policy drop passes, counted as [`Reason::AllowAudit`].
 #[inline(always)]
 fn verdict(ctx: &TcContext, direction: u8) -> i32 {
-    let reason = decide(ctx, direction);
-    if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the agent replaces endpoint values whole (a hash map update swaps elements).
+    let (reason, slot) = match unsafe { ENDPOINTS.get(&ifindex) } {
+        None => (Reason::AllowUnknownInterface, 0),
+        Some(ep) => {
+            let reason = decide(ctx, ep, direction);
+            if ep.flags & EP_AUDIT != 0 && reason.is_policy_drop() {
+                (Reason::AllowAudit, ep.slot)
+            } else {
+                (reason, ep.slot)
+            }
+        }
+    };
+    if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(slot, direction, reason as u32)) {
         // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };
     }
@@ -59,14 +74,7 @@ fn verdict(ctx: &TcContext, direction: u8) -> i32 {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, direction: u8) -> Reason {
-    // SAFETY: the context pointer is valid for the whole program run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the agent replaces endpoint values whole (a hash map update swaps elements).
-    let ep: &EndpointInfo = match unsafe { ENDPOINTS.get(&ifindex) } {
-        Some(ep) => ep,
-        None => return Reason::AllowUnknownInterface,
-    };
+fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8) -> Reason {
     let isolated = policy::isolated(ep, direction);
     let p = match parse::parse(ctx) {
         Ok(p) => p,

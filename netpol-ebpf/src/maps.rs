@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use netpol_common::{
     CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue,
-    CIDRS_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, REASON_COUNT, RULES_MAX,
+    CIDRS_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, COUNTERS_LEN, RULES_MAX,
 };
 
 /// `BPF_F_NO_PREALLOC`: hash map elements allocated as written, not all at load.
@@ -47,6 +47,6 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_
 #[map(name = "NETPOL_FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGMENTS_MAX, 0);
 
-/// Packets per `Reason` (`netpol_common::MAP_COUNTERS`).
+/// Packets per endpoint slot, direction and `Reason` (`netpol_common::MAP_COUNTERS`).
 #[map(name = "NETPOL_COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
