@@ -356,8 +356,13 @@ pub struct CtValue {
     pub direction: u8,
     /// `CT_ORIGIN_*`: which end opened the flow.
     pub origin: u8,
+    /// Non-zero: a tombstone. The flow's policy was withdrawn (checked again at `generation`
+    /// and denied); its packets are dropped, and only a packet that opens a flow (a TCP SYN,
+    /// or any other protocol's packet) is judged again as new — so the other end's next
+    /// segment cannot reopen the connection as a new flow of its own.
+    pub revoked: u8,
     /// Explicit padding.
-    pub _pad: u16,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 8);
 

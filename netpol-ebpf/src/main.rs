@@ -110,14 +110,17 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8) -> Reason {
             // The endpoint's policy changed since the flow was allowed: check it again as the
             // flow was opened (same direction, the original destination port).
             let dport = if conntrack::is_forward(ct, src_is_a) { p.dport_be } else { p.sport_be };
-            if !policy::allows(ep, ct.direction, peer, p.protocol, dport) {
-                let _ = maps::CONNTRACK.remove(&key);
-                return Reason::DropRevoked;
-            }
             ct.generation = ep.generation;
+            ct.revoked = u8::from(!policy::allows(ep, ct.direction, peer, p.protocol, dport));
         }
-        remember_first_fragment(ep, &p);
-        return Reason::AllowEstablished;
+        if ct.revoked == 0 {
+            remember_first_fragment(ep, &p);
+            return Reason::AllowEstablished;
+        }
+        // A withdrawn flow: only a packet that opens a flow is judged again, as new.
+        if !opens_flow(ctx, &p) {
+            return Reason::DropRevoked;
+        }
     }
 
     let reason = if !isolated {
@@ -130,6 +133,21 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8) -> Reason {
     conntrack::track(&key, src_is_a, direction, ep.generation);
     remember_first_fragment(ep, &p);
     reason
+}
+
+/// Whether the packet may open a flow: a TCP SYN without ACK, or a packet of another protocol.
+/// A cold path (only for tombstoned flows), so the TCP flags are read only here.
+#[inline(never)]
+fn opens_flow(ctx: &TcContext, p: &Packet) -> bool {
+    if p.protocol != parse::IPPROTO_TCP {
+        return true;
+    }
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    match parse::read::<u8>(ctx, p.l4 + 13) {
+        Some(flags) => flags & (SYN | ACK) == SYN,
+        None => false,
+    }
 }
 
 /// Whether `addr` is one of the endpoint's own addresses.

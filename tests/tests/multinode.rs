@@ -402,8 +402,6 @@ fn withdrawing_either_ends_policy_cuts_an_idle_open_cross_node_connection() {
 }
 
 #[test]
-#[ignore = "data path: a revoked flow's conntrack entry is removed, and the next packet of the same connection from the \
-            non-isolated side (a retransmission) is tracked as a new flow in the other direction, reopening it; see the report"]
 fn withdrawing_either_ends_policy_cuts_a_busy_open_cross_node_connection() {
     if !privileged() {
         return;
