@@ -166,7 +166,10 @@ fn add_object(value: serde_yaml::Value, at: &str, loaded: &mut Loaded, seen: &mu
                 Ok(ns) => {
                     loaded.state.namespaces.insert(ns.name.clone(), ns);
                 }
-                Err(p) => loaded.problems.push(p),
+                Err(mut p) => {
+                    p.reason = format!("{} (in {at})", p.reason);
+                    loaded.problems.push(p);
+                }
             },
             Err(p) => loaded.problems.push(p),
         },
@@ -176,7 +179,10 @@ fn add_object(value: serde_yaml::Value, at: &str, loaded: &mut Loaded, seen: &mu
                     loaded.state.pods.insert(pod.id.clone(), pod);
                 }
                 Ok(None) => {}
-                Err(p) => loaded.problems.push(p),
+                Err(mut p) => {
+                    p.reason = format!("{} (in {at})", p.reason);
+                    loaded.problems.push(p);
+                }
             },
             Err(p) => loaded.problems.push(p),
         },
