@@ -105,11 +105,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Trigger>(64);
 
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let health = match cfg.health_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen for health probes on {addr}"))?;
-            info!(%addr, "serving /healthz and /readyz");
-            Some(tokio::spawn(health::serve(listener, ready.clone())))
+            info!(%addr, "serving /healthz, /readyz and /metrics");
+            Some(tokio::spawn(health::serve(listener, ready.clone(), metrics.clone())))
         }
         None => None,
     };
@@ -159,11 +160,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut unattached_delay = UNATTACHED_RESYNC;
     info!(node = %cfg.node, source = %source.describe(), pin_path = %cfg.pin_path.display(), "netpol agent started");
     loop {
+        let mut noticed = Instant::now();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = tokio::time::sleep_until(next_sync) => {}
+            _ = tokio::time::sleep_until(next_sync) => { noticed = Instant::now(); }
             Some(trigger) = rx.recv() => {
+                noticed = Instant::now();
                 debug!(?trigger, "sync scheduled");
                 // Debounce: a burst of file or link events becomes one sync.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -174,6 +177,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         next_sync = tokio::time::Instant::now() + cfg.resync;
         match sync(&cfg, &source, &mut compiler, &mut datapath, &mut status, &mut seeded) {
             Ok(true) => {
+                metrics.synced(noticed.elapsed().as_secs_f64(), &status);
                 if !ready.swap(true, Ordering::Relaxed) {
                     info!("first complete state programmed; ready");
                 }
@@ -183,6 +187,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 continue;
             }
             Err(e) => {
+                metrics.sync_failed();
                 warn!(error = format!("{e:#}"), "sync failed; the last programmed state stays enforced");
                 continue;
             }

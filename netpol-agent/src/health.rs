@@ -1,5 +1,6 @@
 //! The health endpoints probes ask: `/healthz` answers 200 while the process runs, `/readyz`
-//! answers 200 once the first complete state has been programmed and 503 before.
+//! answers 200 once the first complete state has been programmed and 503 before; `/metrics`
+//! serves the Prometheus metrics ([`crate::metrics`]).
 
 use std::{
     convert::Infallible,
@@ -34,7 +35,7 @@ pub fn respond(path: &str, ready: bool) -> Response<Full<Bytes>> {
 }
 
 /// Serves the endpoints on `listener` until the task is dropped; `ready` is read per request.
-pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
+pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, metrics: Arc<crate::metrics::Metrics>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -44,10 +45,18 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
                 continue;
             }
         };
-        let ready = ready.clone();
+        let (ready, metrics) = (ready.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let response = respond(req.uri().path(), ready.load(Ordering::Relaxed));
+                let response = if req.uri().path() == "/metrics" {
+                    let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
+                    if let Ok(v) = hyper::header::HeaderValue::from_str("application/openmetrics-text; version=1.0.0; charset=utf-8") {
+                        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                    }
+                    r
+                } else {
+                    respond(req.uri().path(), ready.load(Ordering::Relaxed))
+                };
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
@@ -75,7 +84,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ready = Arc::new(AtomicBool::new(false));
-        let server = tokio::spawn(serve(listener, ready.clone()));
+        let server = tokio::spawn(serve(listener, ready.clone(), Arc::new(crate::metrics::Metrics::new())));
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.unwrap();
@@ -87,6 +96,8 @@ mod tests {
         assert!(get("/readyz").await.starts_with("HTTP/1.0 503"));
         ready.store(true, Ordering::Relaxed);
         assert!(get("/readyz").await.starts_with("HTTP/1.0 200"));
+        let metrics = get("/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.0 200") && metrics.contains("netpol_ready"), "{metrics}");
         server.abort();
     }
 }

@@ -16,6 +16,7 @@ pub mod health;
 pub mod kube_source;
 pub mod lint;
 pub mod manifests;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod policy_maps;

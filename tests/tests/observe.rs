@@ -88,6 +88,29 @@ fn per_pod_counters_move_by_the_packets_sent() {
     );
     eprintln!("x/a: ingress drop_no_rule +{}, allow_policy +{}, allow_established +{}; egress allow_established +{}", got.0, got.1, got.2, got.3);
     assert_eq!(got, (5, 1, 4, 5), "(dropped, new flows admitted, established in, replies out)");
+
+    // The same counts on the Prometheus endpoint (the agent's default health address, in the
+    // node's namespace).
+    let text = scrape(&c.nodes[0].netns);
+    let series = |reason: &str, verdict: &str| {
+        let prefix = format!(r#"netpol_packets_total{{namespace="x",pod="a",direction="ingress",reason="{reason}",verdict="{verdict}"}} "#);
+        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert!(series("drop_no_rule", "drop") >= 5 && series("allow_policy", "allow") >= 1, "metrics:\n{text}");
+    assert!(text.contains("netpol_ready 1") && text.contains("netpol_programming_seconds_count"), "metrics:\n{text}");
+}
+
+/// The agent's `/metrics`, fetched inside the node's network namespace.
+fn scrape(node: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    netns::within(node, || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", 9790)).expect("connect to the metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    })
+    .expect("netns")
 }
 
 #[test]

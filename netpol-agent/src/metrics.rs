@@ -1,0 +1,248 @@
+//! The agent's Prometheus metrics (served at `/metrics` beside the health endpoints): packets
+//! per pod, direction, reason and verdict from the classifiers' counters, map fill levels, how
+//! long a change takes to be programmed, attach errors, invalid objects and the agent's own
+//! health. Every series is documented in `docs/observability.md`.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use netpol_common::{Reason, CIDRS_MAX, ENDPOINTS_MAX, IPCACHE_MAX, POLICY_MAX};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of `netpol_packets_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PacketLabels {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// `ingress` (into the pod) or `egress` (out of it).
+    pub direction: String,
+    /// The classifier's reason (`netpol_common::Reason::name`).
+    pub reason: String,
+    /// `allow` or `drop`.
+    pub verdict: String,
+}
+
+/// Labels of the map gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    /// The map: `policy`, `ipcache`, `cidrs` or `endpoints`.
+    pub map: String,
+}
+
+/// Per-pod counters as the status file carries them: pod -> direction -> reason -> packets.
+pub type PodPackets = BTreeMap<String, BTreeMap<&'static str, BTreeMap<&'static str, u64>>>;
+
+/// The metrics, updated by the run loop after each sync and encoded per scrape.
+pub struct Metrics {
+    registry: Registry,
+    packets: Family<PacketLabels, Counter>,
+    map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
+    programming_seconds: Histogram,
+    syncs: Counter,
+    sync_failures: Counter,
+    attach_errors: Counter,
+    datapath_errors: Counter,
+    invalid_objects: Gauge,
+    local_pods: Gauge,
+    attached_pods: Gauge,
+    ready: Gauge,
+    /// The kernel counters seen at the last update, to add only what moved.
+    last: std::sync::Mutex<BTreeMap<PacketLabels, u64>>,
+    /// Scrapes served.
+    scrapes: AtomicU64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("scrapes", &self.scrapes.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every series.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("netpol");
+        let packets = Family::<PacketLabels, Counter>::default();
+        registry.register("packets", "Packets the classifiers judged, per local pod, direction, reason and verdict", packets.clone());
+        let map_entries = Family::<MapLabels, Gauge>::default();
+        registry.register("map_entries", "Entries the agent programmed into each data-path map", map_entries.clone());
+        let map_capacity = Family::<MapLabels, Gauge>::default();
+        registry.register("map_capacity", "Capacity of each data-path map", map_capacity.clone());
+        for (map, cap) in [("policy", POLICY_MAX), ("ipcache", IPCACHE_MAX), ("cidrs", CIDRS_MAX), ("endpoints", ENDPOINTS_MAX)] {
+            map_capacity.get_or_create(&MapLabels { map: map.into() }).set(i64::from(cap));
+        }
+        let programming_seconds = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter());
+        registry.register(
+            "programming_seconds",
+            "Time from a change being noticed (file, API or link event) to the data path programmed",
+            programming_seconds.clone(),
+        );
+        let syncs = Counter::default();
+        registry.register("syncs", "Syncs that programmed a complete state", syncs.clone());
+        let sync_failures = Counter::default();
+        registry.register("sync_failures", "Syncs that failed (the last programmed state stayed)", sync_failures.clone());
+        let attach_errors = Counter::default();
+        registry.register("attach_errors", "Failures to attach the classifiers to a pod's veth", attach_errors.clone());
+        let datapath_errors = Counter::default();
+        registry.register("datapath_errors", "Failed map writes, deletes and detaches", datapath_errors.clone());
+        let invalid_objects = Gauge::default();
+        registry.register("invalid_objects", "Objects left out as invalid in the current state", invalid_objects.clone());
+        let local_pods = Gauge::default();
+        registry.register("local_pods", "Pods of this node in the current state", local_pods.clone());
+        let attached_pods = Gauge::default();
+        registry.register("attached_pods", "Local pods whose veth carries the classifiers", attached_pods.clone());
+        let ready = Gauge::default();
+        registry.register("ready", "1 once the first complete state is programmed", ready.clone());
+        Self {
+            registry,
+            packets,
+            map_entries,
+            map_capacity,
+            programming_seconds,
+            syncs,
+            sync_failures,
+            attach_errors,
+            datapath_errors,
+            invalid_objects,
+            local_pods,
+            attached_pods,
+            ready,
+            last: std::sync::Mutex::new(BTreeMap::new()),
+            scrapes: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a sync that programmed a complete state.
+    pub fn synced(&self, programming_seconds: f64, status: &crate::agent::Status) {
+        self.syncs.inc();
+        self.ready.set(1);
+        self.programming_seconds.observe(programming_seconds);
+        for e in &status.errors {
+            if e.starts_with("attach ") {
+                self.attach_errors.inc();
+            } else {
+                self.datapath_errors.inc();
+            }
+        }
+        self.invalid_objects.set(status.problems.len() as i64);
+        self.local_pods.set(status.local_pods.len() as i64);
+        self.attached_pods.set(status.attached.len() as i64);
+        for (map, n) in &status.entries {
+            self.map_entries.get_or_create(&MapLabels { map: map.clone() }).set(*n as i64);
+        }
+        self.packets_seen(&status.packets);
+    }
+
+    /// Records a failed sync.
+    pub fn sync_failed(&self) {
+        self.sync_failures.inc();
+    }
+
+    /// Adds what each kernel counter moved since the last call (a counter that went back —
+    /// a pod's slot given to a new pod — starts again from its new value).
+    pub fn packets_seen(&self, packets: &PodPackets) {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (pod, directions) in packets {
+            let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
+            for (direction, reasons) in directions {
+                for (reason, n) in reasons {
+                    let drop = Reason::ALL.iter().any(|r| r.name() == *reason && r.is_drop());
+                    let labels = PacketLabels {
+                        namespace: namespace.to_string(),
+                        pod: name.to_string(),
+                        direction: (*direction).to_string(),
+                        reason: (*reason).to_string(),
+                        verdict: if drop { "drop" } else { "allow" }.to_string(),
+                    };
+                    let before = last.insert(labels.clone(), *n).unwrap_or(0);
+                    let moved = if *n >= before { n - before } else { *n };
+                    self.packets.get_or_create(&labels).inc_by(moved);
+                }
+            }
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        self.scrapes.fetch_add(1, Ordering::Relaxed);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl PartialOrd for PacketLabels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PacketLabels {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.namespace, &self.pod, &self.direction, &self.reason).cmp(&(&other.namespace, &other.pod, &other.direction, &other.reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packets(n: u64) -> PodPackets {
+        BTreeMap::from([("x/a".to_string(), BTreeMap::from([("ingress", BTreeMap::from([("drop_no_rule", n), ("allow_policy", 2)]))]))])
+    }
+
+    #[test]
+    fn packet_counters_add_what_the_kernel_counters_moved() {
+        let m = Metrics::new();
+        m.packets_seen(&packets(5));
+        m.packets_seen(&packets(8));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"netpol_packets_total{namespace="x",pod="a",direction="ingress",reason="drop_no_rule",verdict="drop"} 8"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"reason="allow_policy",verdict="allow"} 2"#), "{text}");
+        // A slot reused by a new pod starts from zero again: its new count is added.
+        m.packets_seen(&packets(3));
+        assert!(m.encode().contains(r#"reason="drop_no_rule",verdict="drop"} 11"#));
+    }
+
+    #[test]
+    fn every_series_is_exposed() {
+        let m = Metrics::new();
+        m.synced(0.012, &crate::agent::Status::default());
+        let text = m.encode();
+        for series in [
+            "netpol_packets",
+            "netpol_map_entries",
+            "netpol_map_capacity",
+            "netpol_programming_seconds_bucket",
+            "netpol_syncs_total",
+            "netpol_sync_failures_total",
+            "netpol_attach_errors_total",
+            "netpol_datapath_errors_total",
+            "netpol_invalid_objects",
+            "netpol_local_pods",
+            "netpol_attached_pods",
+            "netpol_ready 1",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
+}
