@@ -34,6 +34,13 @@ enum Task {
         /// Only these benchmarks (datapath, control, convergence, throughput).
         only: Vec<String>,
     },
+    /// Fuzz: each cargo-fuzz target of fuzz/ (manifests, compiler) for SECONDS, then the
+    /// classifiers' packet parser (BPF_PROG_TEST_RUN, needs root) on as many frames.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(default_value_t = 60)]
+        seconds: u64,
+    },
     /// Run the three-tier demo in a sandbox node and check the reachability it measures.
     Demo {
         /// Where to write the report (Markdown).
@@ -71,6 +78,10 @@ fn main() -> anyhow::Result<()> {
                 .arg("--out")
                 .arg(root.join("target/bench/results.json"))
                 .env("NETPOL_AGENT_BIN", agent_bin(&root)))
+        }
+        Task::Fuzz { seconds } => {
+            setup()?;
+            fuzz(&root, seconds)
         }
         Task::Demo { report } => {
             setup()?;
@@ -186,7 +197,53 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .current_dir(root)
         .args(["test", "--workspace", "--exclude", "netpol-ebpf"])
         .args(args)
-        .env("NETPOL_AGENT_BIN", agent_bin(root)))
+        .env("NETPOL_AGENT_BIN", agent_bin(root)))?;
+    // The fuzz targets' checks on deterministic random inputs (fuzz/tests/random.rs), not
+    // cargo-fuzz itself: that needs cargo-fuzz installed and the whole agent built again with
+    // the fuzzer's instrumentation, which costs a fresh machine more than ten minutes. Sharing
+    // the workspace's target directory reuses its test builds. `cargo xtask fuzz` fuzzes.
+    if args.is_empty() {
+        run(Command::new("cargo")
+            .current_dir(root.join("fuzz"))
+            .arg("test")
+            .env("CARGO_TARGET_DIR", root.join("target")))?;
+    }
+    Ok(())
+}
+
+/// The cargo-fuzz targets (fuzz/Cargo.toml) and the parser test with a time budget.
+const FUZZ_TARGETS: &[&str] = &["manifests", "compiler"];
+
+fn fuzz(root: &Path, seconds: u64) -> anyhow::Result<()> {
+    if !have("cargo-fuzz") {
+        eprintln!("setup: installing cargo-fuzz (about a minute)");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    for target in FUZZ_TARGETS {
+        // New inputs go to a corpus under target/; the committed seeds are only read.
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus).with_context(|| format!("create {}", corpus.display()))?;
+        // No AddressSanitizer (coverage instrumentation only): the code under test is safe
+        // Rust, where a bug is a panic, and without ASan the target runs more inputs.
+        run(Command::new("cargo")
+            .current_dir(root)
+            .args(["+nightly", "fuzz", "run", "--sanitizer", "none", target])
+            .arg(&corpus)
+            .arg(root.join("fuzz/seeds").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=4096"))?;
+    }
+    if !is_root() {
+        eprintln!("note: not root: the packet parser test (BPF_PROG_TEST_RUN) is left out");
+        return Ok(());
+    }
+    // About 60 000 frames a second through BPF_PROG_TEST_RUN and the test's own parser.
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--release", "--package", "netpol-agent", "--test", "packet_fuzz", "--", "--nocapture"])
+        .env("NETPOL_PACKET_FUZZ_CASES", (seconds * 60_000).to_string())
+        .env("NETPOL_PACKET_FUZZ_SEED", std::process::id().to_string()))
 }
 
 fn demo(root: &Path, report: &Path) -> anyhow::Result<()> {
