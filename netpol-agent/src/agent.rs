@@ -160,7 +160,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut unattached_delay = UNATTACHED_RESYNC;
     info!(node = %cfg.node, source = %source.describe(), pin_path = %cfg.pin_path.display(), "netpol agent started");
     loop {
-        let mut noticed = Instant::now();
+        // When the change that leads to this sync was noticed (for the programming-time metric).
+        let noticed;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
