@@ -85,7 +85,7 @@ impl Metrics {
         for (map, cap) in [("policy", POLICY_MAX), ("ipcache", IPCACHE_MAX), ("cidrs", CIDRS_MAX), ("endpoints", ENDPOINTS_MAX)] {
             map_capacity.get_or_create(&MapLabels { map: map.into() }).set(i64::from(cap));
         }
-        let programming_seconds = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter());
+        let programming_seconds = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
         registry.register(
             "programming_seconds",
             "Time from a change being noticed (file, API or link event) to the data path programmed",
