@@ -261,9 +261,27 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     let mut udp: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut rate: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut rr: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // The "empty" variant: the empty classifier (returns "next") attached where netpol attaches,
+    // on both hooks of both pods' host veths: the cost of having a TCX program on the path at all.
+    let empty_pin = std::path::PathBuf::from("/sys/fs/bpf").join(netpol_sandbox::netns::unique("netpol-bench-empty-"));
+    let mut empty_dp = None;
     for round in 0..ROUNDS {
-        for variant in ["none", "netpol", "iptables"] {
+        for variant in ["none", "empty", "netpol", "iptables"] {
             match variant {
+                "empty" => {
+                    let ifaces = [c.pod("production", "frontend").host_if.clone(), be.host_if.clone()];
+                    let pin = empty_pin.clone();
+                    empty_dp = Some(netns::within(&node, move || -> anyhow::Result<netpol_agent::datapath::Datapath> {
+                        let mut dp = netpol_agent::datapath::Datapath::load(&pin)?;
+                        let prog = dp.program(netpol_agent::datapath::PROG_NOOP)?;
+                        for iface in &ifaces {
+                            for hook in [aya::programs::TcAttachType::Ingress, aya::programs::TcAttachType::Egress] {
+                                prog.attach(iface, hook).with_context(|| format!("attach the empty program to {iface}"))?;
+                            }
+                        }
+                        Ok(dp)
+                    })??);
+                }
                 "netpol" => {
                     c.start_agent(0, &[])?;
                     c.sync()?;
@@ -281,6 +299,11 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
             rate.entry(variant).or_default().push(r);
             rr.entry(variant).or_default().push(l);
             match variant {
+                "empty" => {
+                    // Dropping the data path detaches its (unpinned) links.
+                    empty_dp = None;
+                    let _ = netpol_agent::datapath::uninstall(&empty_pin);
+                }
                 "netpol" => {
                     let pin = c.agent(0).pin_path.clone();
                     c.drop_agent(0);
@@ -295,7 +318,8 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
         (lo, hi)
     };
-    for variant in ["none", "netpol", "iptables"] {
+    drop(empty_dp);
+    for variant in ["none", "empty", "netpol", "iptables"] {
         let (lo, hi) = spread(&tput[variant]);
         let (ulo, uhi) = spread(&udp[variant]);
         let (llo, lhi) = spread(&rr[variant]);
@@ -320,6 +344,10 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     figures.add("tcp_throughput_gbps_netpol", tp / 1e9, "Gbit/s");
     figures.add("tcp_throughput_gbps_iptables", ti / 1e9, "Gbit/s");
     figures.add("tcp_throughput_ratio_vs_no_program", tp / tn, "ratio");
+    let te = m(&mut tput, "empty");
+    figures.add("tcp_throughput_gbps_empty_program", te / 1e9, "Gbit/s");
+    figures.add("tcp_throughput_ratio_empty_program_vs_no_program", te / tn, "ratio");
+    figures.add("tcp_throughput_ratio_vs_empty_program", tp / te, "ratio");
     figures.add("tcp_throughput_ratio_vs_iptables", tp / ti, "ratio");
     figures.add("connection_rate_ratio_vs_no_program", rp / rn, "ratio");
     let (un, up, ui) = (m(&mut udp, "none"), m(&mut udp, "netpol"), m(&mut udp, "iptables"));
