@@ -19,17 +19,9 @@ use netpol_agent::{
     model::ObjectRef,
 };
 
-const ALLOW: u32 = u32::MAX; // TC_ACT_UNSPEC (-1): on to the next program, the packet passes.
-const DROP: u32 = 2; // TC_ACT_SHOT
+mod support;
 
-/// A pin directory removed on drop, also when loading fails.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::{PinDir, ALLOW, DROP};
 
 /// A loaded data path with a unique pin directory (declared after `dp`, so the maps are
 /// closed before the pins are removed).

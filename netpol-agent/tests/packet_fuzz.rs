@@ -23,16 +23,9 @@ use netpol_agent::{
     model::ObjectRef,
 };
 
-const ALLOW: u32 = u32::MAX; // TC_ACT_UNSPEC
-const DROP: u32 = 2; // TC_ACT_SHOT
+mod support;
 
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::{PinDir, ALLOW, DROP};
 
 const MANIFESTS: &str = r#"
 apiVersion: v1
