@@ -212,8 +212,8 @@ fn rules_that_can_never_match_are_found() {
             "in-no-values",
             "  podSelector: {matchExpressions: [{key: app, operator: In, values: []}]}",
         ),
-        policy("production", "except-all", "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]"),
-        policy("production", "except-more", "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/7]}}]"),
+        policy("production", "except-all", "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.18.0.0/16]}}]"),
+        policy("production", "except-more", "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.18.0.0/15]}}]"),
         policy("production", "backwards", "  podSelector: {}\n  ingress:\n  - ports: [{port: 9000, endPort: 8000}]"),
         policy(
             "production",
