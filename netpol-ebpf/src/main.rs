@@ -5,6 +5,7 @@
 #![no_main]
 
 mod conntrack;
+mod events;
 mod maps;
 mod parse;
 mod policy;
@@ -42,29 +43,25 @@ pub fn netpol_noop(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Finds the endpoint, decides, counts (per endpoint slot, direction and reason), and turns
-/// the reason into a TC action. Allowed packets go on to the next program on the hook
-/// (`TC_ACT_UNSPEC` is TCX_NEXT), so netpol composes with a CNI's programs. In audit mode a
-/// policy drop passes, counted as [`Reason::AllowAudit`].
+/// Finds the endpoint, decides, counts (per endpoint slot, direction and reason), reports the
+/// verdicts that call for an event, and turns the reason into a TC action. Allowed packets go on
+/// to the next program on the hook (`TC_ACT_UNSPEC` is TCX_NEXT), so netpol composes with a
+/// CNI's programs. In audit mode a policy drop passes, counted as [`Reason::AllowAudit`].
 #[inline(always)]
 fn verdict(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the agent replaces endpoint values whole (a hash map update swaps elements).
-    let (reason, slot) = match unsafe { ENDPOINTS.get(&ifindex) } {
-        None => (Reason::AllowUnknownInterface, 0),
-        Some(ep) => {
-            let reason = decide(ctx, ep, direction);
-            if ep.flags & EP_AUDIT != 0 && reason.is_policy_drop() {
-                (Reason::AllowAudit, ep.slot)
-            } else {
-                (reason, ep.slot)
-            }
-        }
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
+        count(0, direction, Reason::AllowUnknownInterface);
+        return TC_ACT_UNSPEC;
     };
-    if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(slot, direction, reason as u32)) {
-        // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *counter += 1 };
+    let parsed = parse::parse(ctx);
+    let (decided, rule) = decide(ctx, ep, direction, &parsed);
+    let reason = if ep.flags & EP_AUDIT != 0 && decided.is_policy_drop() { Reason::AllowAudit } else { decided };
+    count(ep.slot, direction, reason);
+    if decided.is_drop() || matches!(decided, Reason::AllowPolicy | Reason::AllowNotIsolated) {
+        events::report(ep, direction, decided, rule, parsed.as_ref().ok());
     }
     if reason.is_drop() {
         TC_ACT_SHOT
@@ -73,33 +70,49 @@ fn verdict(ctx: &TcContext, direction: u8) -> i32 {
     }
 }
 
+/// Counts one packet of endpoint slot `slot` in `direction` under `reason`.
 #[inline(always)]
-fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8) -> Reason {
+fn count(slot: u32, direction: u8, reason: Reason) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(slot, direction, reason as u32)) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The reason for the packet's verdict and, for new flows a policy allowed, the rule that did
+/// ([`policy::DENIED`] otherwise).
+#[inline(always)]
+fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Packet, NotIp>) -> (Reason, u32) {
+    const NONE: u32 = policy::DENIED;
     let isolated = policy::isolated(ep, direction);
-    let p = match parse::parse(ctx) {
-        Ok(p) => p,
-        Err(NotIp::Arp) => return Reason::AllowNonIp,
-        Err(NotIp::Other) => return if isolated { Reason::DropNonIp } else { Reason::AllowNonIp },
-        Err(NotIp::Malformed) => return Reason::DropMalformed,
-        Err(NotIp::TooManyExtHeaders) => return Reason::DropExtHeaders,
-    };
     let from_pod = direction == DIR_EGRESS;
+    let p = match parsed {
+        Ok(p) => p,
+        Err(NotIp::Arp) if from_pod && !arp_sender_is_own(ctx, ep) => return (Reason::DropSpoofed, NONE),
+        Err(NotIp::Arp) => return (Reason::AllowNonIp, NONE),
+        Err(NotIp::Other) => return (if isolated { Reason::DropNonIp } else { Reason::AllowNonIp }, NONE),
+        Err(NotIp::Malformed) => return (Reason::DropMalformed, NONE),
+        Err(NotIp::TooManyExtHeaders) => return (Reason::DropExtHeaders, NONE),
+    };
     let (own, peer) = if from_pod { (&p.src, &p.dst) } else { (&p.dst, &p.src) };
 
-    if from_pod && !is_own_address(ep, own) && !is_link_local_icmpv6(&p) {
-        return Reason::DropSpoofed;
+    if from_pod && !is_own_address(ep, own) && !is_link_local_icmpv6(p) {
+        return (Reason::DropSpoofed, NONE);
     }
     if p.protocol == IPPROTO_ICMPV6 && is_neighbour_discovery(p.icmp_type) {
-        return Reason::AllowNeighbourDiscovery;
+        if from_pod && p.icmp_type == ND_NEIGHBOR_ADVERT && !advertises_own_address(ctx, ep, p) {
+            return (Reason::DropSpoofed, NONE);
+        }
+        return (Reason::AllowNeighbourDiscovery, NONE);
     }
     if is_own_address(ep, peer) {
-        return Reason::AllowSelf;
+        return (Reason::AllowSelf, NONE);
     }
     if p.fragment == Fragment::Later {
-        return later_fragment(ep, &p, isolated);
+        return (later_fragment(ep, p, isolated), NONE);
     }
-    if p.icmp_error && related_to_tracked_flow(ctx, ep, &p) {
-        return Reason::AllowRelated;
+    if p.icmp_error && related_to_tracked_flow(ctx, ep, p) {
+        return (Reason::AllowRelated, NONE);
     }
 
     let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
@@ -111,28 +124,60 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8) -> Reason {
             // flow was opened (same direction, the original destination port).
             let dport = if conntrack::is_forward(ct, src_is_a) { p.dport_be } else { p.sport_be };
             ct.generation = ep.generation;
-            ct.revoked = u8::from(!policy::allows(ep, ct.direction, peer, p.protocol, dport));
+            ct.revoked = u8::from(policy::allows(ep, ct.direction, peer, p.protocol, dport) == policy::DENIED);
         }
         if ct.revoked == 0 {
-            remember_first_fragment(ep, &p);
-            return Reason::AllowEstablished;
+            remember_first_fragment(ep, p);
+            return (Reason::AllowEstablished, NONE);
         }
         // A withdrawn flow: only a packet that opens a flow is judged again, as new.
-        if !opens_flow(ctx, &p) {
-            return Reason::DropRevoked;
+        if !opens_flow(ctx, p) {
+            return (Reason::DropRevoked, NONE);
         }
     }
 
+    let rule = policy::allows(ep, direction, peer, p.protocol, p.dport_be);
     let reason = if !isolated {
         Reason::AllowNotIsolated
-    } else if policy::allows(ep, direction, peer, p.protocol, p.dport_be) {
+    } else if rule != policy::DENIED {
+        events::count_rule_hit(rule);
         Reason::AllowPolicy
     } else {
-        return Reason::DropNoRule;
+        return (Reason::DropNoRule, NONE);
     };
     conntrack::track(&key, src_is_a, direction, ep.generation);
-    remember_first_fragment(ep, &p);
-    reason
+    remember_first_fragment(ep, p);
+    (reason, rule)
+}
+
+/// ICMPv6 Neighbor Advertisement (RFC 4861).
+const ND_NEIGHBOR_ADVERT: u8 = 136;
+
+/// Whether an ARP packet from the pod speaks for the pod's own IPv4 address (or for none: the
+/// unspecified sender of an address probe). A pod must not answer for another pod's address
+/// and so steal its traffic on a shared bridge.
+#[inline(always)]
+fn arp_sender_is_own(ctx: &TcContext, ep: &EndpointInfo) -> bool {
+    // ARP for IPv4 over Ethernet: htype, ptype, hlen, plen, oper, then sha[6], spa[4].
+    let Some(hdr) = parse::read::<[u8; 8]>(ctx, parse::ETH_LEN) else { return false };
+    if hdr[2..4] != [0x08, 0x00] || hdr[5] != 4 {
+        // Not about IPv4 addresses: nothing of a pod's to steal.
+        return true;
+    }
+    let Some(spa) = parse::read::<[u8; 4]>(ctx, parse::ETH_LEN + 14) else { return false };
+    let spa = u32::from_ne_bytes(spa);
+    spa == 0 || (ep.flags & EP_HAS_IPV4 != 0 && spa == ep.ipv4)
+}
+
+/// Whether a Neighbor Advertisement from the pod advertises one of its own addresses (or a
+/// link-local one, which the pod configures itself).
+#[inline(always)]
+fn advertises_own_address(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> bool {
+    // The target address follows the 4-byte ICMPv6 header and 4 bytes of flags.
+    let Some(words) = parse::read::<[u32; 4]>(ctx, p.l4 + 8) else { return false };
+    let target = IpKey { addr: words };
+    let link_local = u32::from_be(words[0]) >> 22 == 0xfe80 >> 6;
+    link_local || is_own_address(ep, &target)
 }
 
 /// Whether the packet may open a flow: a TCP SYN without ACK, or a packet of another protocol.

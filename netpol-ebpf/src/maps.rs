@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpol_common::{
-    CtKey, CtValue, EndpointInfo, FragKey, FragValue, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue,
-    CIDRS_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, COUNTERS_LEN, RULES_MAX,
+    CtKey, CtValue, DatapathConfig, EndpointInfo, EventBudget, FragKey, FragValue, IdentityValue, IpKey, PeerKey, PeerRules,
+    PolicyKey, PolicyValue, CIDRS_MAX, CONNTRACK_MAX, COUNTERS_LEN, COUNTER_SLOTS, ENDPOINTS_MAX, EVENTS_BYTES,
+    EVENT_STATS_LEN, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, RULES_MAX, RULE_HITS_MAX,
 };
 
 /// `BPF_F_NO_PREALLOC`: hash map elements allocated as written, not all at load.
@@ -50,3 +51,23 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGME
 /// Packets per endpoint slot, direction and `Reason` (`netpol_common::MAP_COUNTERS`).
 #[map(name = "NETPOL_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+/// Verdict events for the agent (`netpol_common::MAP_EVENTS`).
+#[map(name = "NETPOL_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// Event settings written by the agent (`netpol_common::MAP_CONFIG`).
+#[map(name = "NETPOL_CONFIG")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Events sent per endpoint slot in the current window, per CPU (`netpol_common::MAP_EVENT_BUDGET`).
+#[map(name = "NETPOL_EVENT_BUDGET")]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// Events sent, suppressed and lost per endpoint slot (`netpol_common::MAP_EVENT_STATS`).
+#[map(name = "NETPOL_EVENT_STATS")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(EVENT_STATS_LEN, 0);
+
+/// New flows allowed per compiled rule id (`netpol_common::MAP_RULE_HITS`).
+#[map(name = "NETPOL_RULE_HITS")]
+pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(RULE_HITS_MAX, 0);

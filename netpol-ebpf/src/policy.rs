@@ -17,57 +17,65 @@ pub fn isolated(ep: &EndpointInfo, direction: u8) -> bool {
     ep.flags & bit != 0
 }
 
-/// Whether the compiled policy allows `identity` for this endpoint, direction, protocol and
-/// port: one exact lookup of what the peer may do, then, only for protocols that have them, one
-/// exact lookup of the port and one LPM lookup of port ranges. Its own small BPF function: the
-/// keys live in this frame only.
+/// [`allows`] and [`entry_allows`]: no policy entry allows the flow.
+pub const DENIED: u32 = u32::MAX;
+
+/// The compiled rule that allows `identity` for this endpoint, direction, protocol and port (0
+/// for built-in entries), or [`DENIED`]: one exact lookup of what the peer may do, then, only
+/// for protocols that have them, one exact lookup of the port and one LPM lookup of port
+/// ranges. Its own small BPF function: the keys live in this frame only.
 #[inline(never)]
-fn entry_allows(endpoint: u32, identity: u32, direction: u8, protocol: u8, dport_be: u16) -> bool {
+fn entry_allows(endpoint: u32, identity: u32, direction: u8, protocol: u8, dport_be: u16) -> u32 {
     let peer = PeerKey { endpoint, identity, direction, _pad: 0, _pad2: 0 };
     // SAFETY: the value is copied out at once; the agent replaces values whole.
-    let Some(rules) = (unsafe { PEER_RULES.get(&peer) }).copied() else { return false };
-    if rules.any != 0 {
-        return true;
-    }
+    let Some(rules) = (unsafe { PEER_RULES.get(&peer) }).copied() else { return DENIED };
     let bit = proto_bit(protocol);
-    if rules.all_ports & bit != 0 {
-        return true;
+    if rules.any != 0 || rules.all_ports & bit != 0 {
+        return rules.rule;
     }
     let key = PolicyKey { endpoint, identity, direction, protocol, port_be: dport_be };
     if rules.ports & bit != 0 {
-        // SAFETY: only the action is read, at once.
-        if let Some(v) = unsafe { PORT_RULES.get(&key) } {
+        // SAFETY: copied out at once.
+        if let Some(v) = unsafe { PORT_RULES.get(&key) }.copied() {
             if v.action == ACTION_ALLOW {
-                return true;
+                return v.rule;
             }
         }
     }
     if rules.ranges & bit != 0 {
-        if let Some(v) = POLICY.get(&Key::new(POLICY_PREFIX_FULL, key)) {
-            return v.action == ACTION_ALLOW;
+        if let Some(v) = POLICY.get(&Key::new(POLICY_PREFIX_FULL, key)).copied() {
+            if v.action == ACTION_ALLOW {
+                return v.rule;
+            }
         }
     }
-    false
+    DENIED
 }
 
-/// Whether a new flow with `peer` in `direction` to `dport_be` is allowed: by no isolation in
-/// that direction, or by a policy entry for one of the peer's identities. A separate BPF
-/// function: only new flows get here, and its keys stay off the hot path's stack frame.
+/// Whether a new flow with `peer` in `direction` to `dport_be` is allowed, as the rule that
+/// allows it (0 when the endpoint is not isolated in that direction, or for built-in entries)
+/// or [`DENIED`]: by no isolation, or by a policy entry for one of the peer's identities. A
+/// separate BPF function: only new flows get here, and its keys stay off the hot path's stack
+/// frame.
 #[inline(never)]
-pub fn allows(ep: &EndpointInfo, direction: u8, peer: &IpKey, protocol: u8, dport_be: u16) -> bool {
+pub fn allows(ep: &EndpointInfo, direction: u8, peer: &IpKey, protocol: u8, dport_be: u16) -> u32 {
     if !isolated(ep, direction) {
-        return true;
+        return 0;
     }
     // SAFETY: the value is copied out at once; the agent replaces ipcache values whole.
     if let Some(id) = unsafe { IPCACHE.get(peer) } {
         let identity = id.identity;
-        if entry_allows(ep.endpoint, identity, direction, protocol, dport_be) {
-            return true;
+        let rule = entry_allows(ep.endpoint, identity, direction, protocol, dport_be);
+        if rule != DENIED {
+            return rule;
         }
     }
     let cidr = cidr_identity(peer);
-    if cidr != 0 && entry_allows(ep.endpoint, cidr, direction, protocol, dport_be) {
-        return true;
+    if cidr != 0 {
+        let rule = entry_allows(ep.endpoint, cidr, direction, protocol, dport_be);
+        if rule != DENIED {
+            return rule;
+        }
     }
     entry_allows(ep.endpoint, IDENTITY_ANY, direction, protocol, dport_be)
 }
