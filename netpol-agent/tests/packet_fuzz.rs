@@ -298,9 +298,21 @@ fn own(a: &Addr) -> bool {
     *a == A4 || *a == A6
 }
 
+/// Whether an ARP frame leaving the pod speaks for the pod's own IPv4 address (or for no address:
+/// a probe from 0.0.0.0, or ARP about another protocol); a truncated one speaks for nobody.
+fn arp_speaks_for_own(f: &[u8]) -> bool {
+    let Some(h) = get::<8>(f, 14) else { return false };
+    if h[2..4] != [0x08, 0x00] || h[5] != 4 {
+        return true;
+    }
+    let Some(spa) = get::<4>(f, 28) else { return false };
+    spa == [0; 4] || A4[12..] == spa
+}
+
 /// The reading of one frame entering (`ingress`) or leaving the pod.
 fn judge(f: &[u8], ingress: bool, t: &Tracked) -> Why {
     let p = match parse(f) {
+        Parsed::Arp if !ingress && !arp_speaks_for_own(f) => return Why::Drop,
         Parsed::Arp => return Why::Arp,
         // The endpoint is isolated both ways: anything else that is not IP is dropped.
         Parsed::NotIp | Parsed::Malformed | Parsed::TooManyExtHeaders => return Why::Drop,
@@ -312,6 +324,13 @@ fn judge(f: &[u8], ingress: bool, t: &Tracked) -> Why {
         return Why::Drop;
     }
     if p.proto == 58 && matches!(p.icmp_type, 130..=137 | 143) {
+        // A neighbour advertisement from the pod must be for its own (or a link-local) address.
+        if !ingress && p.icmp_type == 136 {
+            let target: Option<Addr> = get::<16>(f, p.l4 + 8);
+            if !target.is_some_and(|t| own(&t) || (t[0] == 0xfe && t[1] & 0xc0 == 0x80)) {
+                return Why::Drop;
+            }
+        }
         return Why::NeighbourDiscovery;
     }
     if own(peer) {
