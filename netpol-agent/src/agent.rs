@@ -266,6 +266,10 @@ fn sync(
             info!(pod = %pod, interface = %iface.name, ifindex = iface.ifindex, "enforcing on pod");
         }
     }
+    // Lint only a changed snapshot (and the first): a resync of the same state says nothing new.
+    if status.syncs == 0 || status.manifest_digest != loaded.manifest_digest || status.resource_versions != loaded.resource_versions {
+        warn_lint_findings(&loaded.state);
+    }
     status.manifest_digest = loaded.manifest_digest;
     status.resource_versions = loaded.resource_versions;
     status.ready = true;
@@ -332,4 +336,58 @@ fn write_status(path: &Path, status: &Status) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?)?;
     std::fs::rename(&tmp, path)
+}
+
+/// The lint findings already logged (the agent's one run loop is the only caller); a finding is
+/// logged again only after it went away and came back.
+static LINT_REPORTED: std::sync::Mutex<std::collections::BTreeSet<crate::lint::Finding>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Logs each lint finding of `state` that was not there at the last lint as a warning, with
+/// the finding's object, rule, code and fix as fields. Objects left out as invalid are not
+/// linted again here: the sync already logs them.
+fn warn_lint_findings(state: &crate::model::ClusterState) {
+    let findings = crate::lint::lint(state, &crate::lint::Extra::default());
+    let mut reported = LINT_REPORTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for f in new_findings(&mut reported, &findings) {
+        warn!(target: "netpol_agent::lint", object = %f.object, rule = %f.rule, code = %f.code, fix = %f.fix, "{}", f.message);
+    }
+}
+
+/// Keeps in `reported` only the findings of `current`, and returns those of them that were not
+/// in it (to log now; they count as reported from here on).
+fn new_findings<'a>(
+    reported: &mut std::collections::BTreeSet<crate::lint::Finding>,
+    current: &'a [crate::lint::Finding],
+) -> Vec<&'a crate::lint::Finding> {
+    let now: std::collections::BTreeSet<&crate::lint::Finding> = current.iter().collect();
+    reported.retain(|f| now.contains(f));
+    current.iter().filter(|f| reported.insert((*f).clone())).collect()
+}
+
+#[cfg(test)]
+mod lint_warning_tests {
+    use std::collections::BTreeSet;
+
+    use super::new_findings;
+    use crate::lint::Finding;
+
+    fn finding(object: &str, code: &str) -> Finding {
+        Finding { object: object.into(), rule: "ingress[0]".into(), code: code.into(), message: "m".into(), fix: "f".into() }
+    }
+
+    #[test]
+    fn each_finding_is_logged_once_while_it_lasts_and_again_when_it_comes_back() {
+        let a = finding("NetworkPolicy x/a", "peers-ored");
+        let b = finding("NetworkPolicy x/b", "namespace-label-unknown");
+        let codes = |v: Vec<&Finding>| v.into_iter().map(|f| f.code.clone()).collect::<Vec<_>>();
+        let mut reported = BTreeSet::new();
+        assert_eq!(codes(new_findings(&mut reported, &[a.clone(), b.clone()])), ["peers-ored", "namespace-label-unknown"]);
+        assert!(new_findings(&mut reported, &[a.clone(), b.clone()]).is_empty(), "no repeats while they last");
+        assert!(new_findings(&mut reported, std::slice::from_ref(&a)).is_empty(), "b fixed");
+        assert_eq!(codes(new_findings(&mut reported, &[a.clone(), b.clone()])), ["namespace-label-unknown"], "b broken again");
+        assert!(new_findings(&mut reported, &[]).is_empty(), "all fixed");
+        assert_eq!(reported, BTreeSet::new());
+        assert_eq!(new_findings(&mut reported, &[a.clone(), a.clone()]).len(), 1, "a duplicate is logged once");
+    }
 }

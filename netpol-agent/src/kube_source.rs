@@ -25,7 +25,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::{Api, PostParams},
+    api::{Api, ListParams, PostParams},
     runtime::{
         reflector::{self, Store},
         watcher, WatchStreamExt as _,
@@ -168,41 +168,104 @@ impl KubeSource {
     pub fn snapshot(&self) -> Option<Snapshot> {
         // Versions first: the stores are at least as new as the versions read here.
         let resource_versions = self.watched.versions(&[PODS, NAMESPACES, POLICIES])?;
-        let mut state = ClusterState::default();
-        let mut problems = Vec::new();
-        for ns in self.namespaces.state() {
-            match namespace_from_k8s(&ns) {
-                Ok(ns) => {
-                    state.namespaces.insert(ns.name.clone(), ns);
-                }
-                Err(p) => problems.push(p),
-            }
-        }
-        for pod in self.pods.state() {
-            match pod_from_k8s(&pod, "") {
-                Ok(Some(pod)) => {
-                    state.pods.insert(pod.id.clone(), pod);
-                }
-                Ok(None) => {}
-                Err(p) => problems.push(p),
-            }
-        }
-        let mut invalid = Vec::new();
-        for np in self.policies.state() {
-            match policy_from_k8s(&np, "") {
-                Ok(policy) => {
-                    state.policies.insert(policy.id.clone(), policy);
-                }
-                Err(p) => {
-                    problems.push(p.clone());
-                    invalid.push((np, p));
-                }
-            }
-        }
+        let (state, problems, invalid) = convert(self.namespaces.state(), self.pods.state(), self.policies.state());
         self.reporter.report(&invalid);
-        problems.sort_by(|a, b| a.object.cmp(&b.object).then(a.reason.cmp(&b.reason)));
         Some(Snapshot { state, problems, manifest_digest: String::new(), resource_versions })
     }
+}
+
+/// An invalid NetworkPolicy with why it was left out.
+type Invalid = (Arc<NetworkPolicy>, Problem);
+
+/// Converts the objects of the three resources into the typed state with the `*_from_k8s`
+/// conversions (as the manifest source does), for every snapshot of the API source: the
+/// problems sorted by object and reason, and the invalid policies apart (to report on them).
+fn convert(
+    namespaces: Vec<Arc<Namespace>>,
+    pods: Vec<Arc<Pod>>,
+    policies: Vec<Arc<NetworkPolicy>>,
+) -> (ClusterState, Vec<Problem>, Vec<Invalid>) {
+    let mut state = ClusterState::default();
+    let mut problems = Vec::new();
+    for ns in namespaces {
+        match namespace_from_k8s(&ns) {
+            Ok(ns) => {
+                state.namespaces.insert(ns.name.clone(), ns);
+            }
+            Err(p) => problems.push(p),
+        }
+    }
+    for pod in pods {
+        match pod_from_k8s(&pod, "") {
+            Ok(Some(pod)) => {
+                state.pods.insert(pod.id.clone(), pod);
+            }
+            Ok(None) => {}
+            Err(p) => problems.push(p),
+        }
+    }
+    let mut invalid = Vec::new();
+    for np in policies {
+        match policy_from_k8s(&np, "") {
+            Ok(policy) => {
+                state.policies.insert(policy.id.clone(), policy);
+            }
+            Err(p) => {
+                problems.push(p.clone());
+                invalid.push((np, p));
+            }
+        }
+    }
+    problems.sort_by(|a, b| a.object.cmp(&b.object).then(a.reason.cmp(&b.reason)));
+    (state, problems, invalid)
+}
+
+/// Objects per page when [`list_snapshot`] lists a resource.
+const LIST_PAGE: u32 = 500;
+
+/// One snapshot of the cluster from a single list of Namespaces, Pods and NetworkPolicies,
+/// cluster-wide (paged), converted as the watchers' [`KubeSource::snapshot`] converts its
+/// stores; `resource_versions` holds each list's resourceVersion. For the commands that answer
+/// once (`explain`, `lint`, `graph` without `--manifests`): no watch, no Events posted.
+pub async fn list_snapshot(client: Client) -> anyhow::Result<Snapshot> {
+    let (namespaces, namespaces_version) = list_all(Api::<Namespace>::all(client.clone()), NAMESPACES, |_| {}).await?;
+    let (pods, pods_version) = list_all(Api::<Pod>::all(client.clone()), PODS, trim_pod).await?;
+    let (policies, policies_version) = list_all(Api::<NetworkPolicy>::all(client), POLICIES, |_| {}).await?;
+    let (state, problems, _) = convert(namespaces, pods, policies);
+    let resource_versions = BTreeMap::from([
+        (NAMESPACES.to_string(), namespaces_version),
+        (PODS.to_string(), pods_version),
+        (POLICIES.to_string(), policies_version),
+    ]);
+    Ok(Snapshot { state, problems, manifest_digest: String::new(), resource_versions })
+}
+
+/// Every object of one resource, page by page (following `continue`), each passed through
+/// `trim` as the watchers do, with the resourceVersion of the list.
+async fn list_all<K>(api: Api<K>, resource: &'static str, trim: fn(&mut K)) -> anyhow::Result<(Vec<Arc<K>>, String)>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    use anyhow::Context as _;
+    let mut objects = Vec::new();
+    let mut version = None;
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = api.list(&params).await.with_context(|| format!("list {resource}"))?;
+        // Later pages are served from the first page's snapshot: its version is the list's.
+        if version.is_none() {
+            version = page.metadata.resource_version.clone();
+        }
+        objects.extend(page.items.into_iter().map(|mut o| {
+            trim(&mut o);
+            Arc::new(o)
+        }));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    Ok((objects, version.unwrap_or_default()))
 }
 
 impl Drop for KubeSource {

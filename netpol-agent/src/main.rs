@@ -53,7 +53,8 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/netpol")]
         pin_path: PathBuf,
     },
-    /// Explain whether the manifests' policies allow a flow, and why.
+    /// Explain whether the policies allow a flow, and why (from a manifest directory, or the
+    /// cluster's API without --manifests).
     ///
     /// For the source pod's egress and the destination pod's ingress: every policy selecting the
     /// pod and every rule, with the verdict of the compiled maps. Exits 0 whether the flow is
@@ -61,8 +62,10 @@ enum Command {
     /// port).
     Explain {
         /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive).
+        /// Without it, they are read from the Kubernetes API (KUBECONFIG, or the in-cluster
+        /// service account, as `run` reads it): one list of each, cluster-wide.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
         /// Source: NAMESPACE/POD, or an IP address (a pod's address stands for the pod).
         #[arg(long)]
         from: String,
@@ -77,7 +80,8 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
-    /// Find policies that are valid but probably wrong (exit 1 when there are findings).
+    /// Find policies that are valid but probably wrong (exit 1 when there are findings), in a
+    /// manifest directory or, without --manifests, in the cluster.
     ///
     /// An allow the other side drops, OR'd peers, selectors that match nothing or everything,
     /// DNS, missing default-deny, ... Each finding has an object, a rule, a code, a message and a
@@ -86,20 +90,25 @@ enum Command {
     /// Exit status: 0 when there are no findings, 1 when there are, 2 on errors.
     Lint {
         /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive).
+        /// Without it, they are read from the Kubernetes API (KUBECONFIG, or the in-cluster
+        /// service account, as `run` reads it): one list of each, cluster-wide.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
         /// Output: human-readable text, or one JSON array of findings.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
-    /// Draw who can reach whom under the manifests' policies, as Mermaid or SVG.
+    /// Draw who can reach whom under the policies, as Mermaid or SVG (from a manifest directory,
+    /// or the cluster's API without --manifests).
     ///
     /// As the data path decides it: namespaces as columns or subgraphs, pods as nodes (isolated
     /// ones marked), allowed edges labelled with their ports (`any` when every port is allowed).
     Graph {
         /// Directory of Namespace, Pod and NetworkPolicy manifests (YAML or JSON, recursive).
+        /// Without it, they are read from the Kubernetes API (KUBECONFIG, or the in-cluster
+        /// service account, as `run` reads it): one list of each, cluster-wide.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
         /// Output: a Mermaid flowchart, or a self-contained SVG image.
         #[arg(long, default_value = "mermaid", value_parser = ["mermaid", "svg"])]
         format: String,
@@ -146,15 +155,37 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(pin_path = %pin_path.display(), "removed netpol's programs, links and maps");
             Ok(())
         }
-        Command::Explain { manifests, from, to, port, output } => explain(&manifests, &from, &to, &port, &output),
-        Command::Lint { manifests, output } => exit_lint(lint(&manifests, &output)),
-        Command::Graph { manifests, format, group_by } => graph(&manifests, &format, group_by.as_deref()),
+        Command::Explain { manifests, from, to, port, output } => explain(manifests.as_deref(), &from, &to, &port, &output),
+        Command::Lint { manifests, output } => exit_lint(lint(manifests.as_deref(), &output)),
+        Command::Graph { manifests, format, group_by } => graph(manifests.as_deref(), &format, group_by.as_deref()),
     }
 }
 
-/// Loads a manifest directory for the offline commands, reporting the objects left out.
-fn load_manifests(dir: &std::path::Path) -> anyhow::Result<netpol_agent::manifests::Loaded> {
+/// Reads the cluster for the one-shot commands: the manifest directory when there is one, else
+/// one list of each resource from the Kubernetes API, converted as the agent's API source does.
+fn read_cluster(manifests: Option<&std::path::Path>) -> anyhow::Result<netpol_agent::source::Snapshot> {
+    let Some(dir) = manifests else {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio runtime")?;
+        return runtime
+            .block_on(async {
+                // The configuration `Client::try_default` (and `run`) would use ...
+                let mut config =
+                    kube::Config::infer().await.context("configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
+                // ... but a one-shot command reports a 429/503/504 at once rather than backing
+                // off for minutes, as kube's default retry does for controllers.
+                config.default_retry = false;
+                let client = kube::Client::try_from(config).context("build the Kubernetes client")?;
+                netpol_agent::kube_source::list_snapshot(client).await
+            })
+            .context("no --manifests: read the cluster from the Kubernetes API");
+    };
     let loaded = netpol_agent::manifests::load_dir(dir).with_context(|| format!("read manifests in {}", dir.display()))?;
+    Ok(netpol_agent::source::Snapshot { state: loaded.state, problems: loaded.problems, manifest_digest: loaded.digest, ..Default::default() })
+}
+
+/// Reads the cluster for `explain` and `graph`, reporting the objects left out.
+fn load_manifests(manifests: Option<&std::path::Path>) -> anyhow::Result<netpol_agent::source::Snapshot> {
+    let loaded = read_cluster(manifests)?;
     for p in &loaded.problems {
         tracing::warn!(object = %p.object, "left out: {}", p.reason);
     }
@@ -162,7 +193,7 @@ fn load_manifests(dir: &std::path::Path) -> anyhow::Result<netpol_agent::manifes
 }
 
 /// `explain`: prints the explanation of one flow.
-fn explain(manifests: &std::path::Path, from: &str, to: &str, port: &str, output: &str) -> anyhow::Result<()> {
+fn explain(manifests: Option<&std::path::Path>, from: &str, to: &str, port: &str, output: &str) -> anyhow::Result<()> {
     use netpol_agent::explain::{Endpoint, PortQuery};
     let from: Endpoint = from.parse().context("--from")?;
     let to: Endpoint = to.parse().context("--to")?;
@@ -184,10 +215,14 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 /// `lint`: prints the findings; `Ok(true)` when there are none.
-fn lint(manifests: &std::path::Path, output: &str) -> anyhow::Result<bool> {
+fn lint(manifests: Option<&std::path::Path>, output: &str) -> anyhow::Result<bool> {
     use netpol_agent::lint;
-    let loaded = netpol_agent::manifests::load_dir(manifests).with_context(|| format!("read manifests in {}", manifests.display()))?;
-    let namespace_missing = lint::namespace_missing_in_dir(manifests).with_context(|| format!("read manifests in {}", manifests.display()))?;
+    let loaded = read_cluster(manifests)?;
+    // Only files can lack a namespace: the API server gives every object one.
+    let namespace_missing = match manifests {
+        Some(dir) => lint::namespace_missing_in_dir(dir).with_context(|| format!("read manifests in {}", dir.display()))?,
+        None => Vec::new(),
+    };
     let findings = lint::lint(&loaded.state, &lint::Extra { problems: loaded.problems, namespace_missing });
     let text = if output == "json" {
         serde_json::to_string_pretty(&findings).context("encode the findings")? + "\n"
@@ -213,7 +248,7 @@ fn exit_lint(result: anyhow::Result<bool>) -> anyhow::Result<()> {
 }
 
 /// `graph`: prints the reachability as Mermaid or SVG.
-fn graph(manifests: &std::path::Path, format: &str, group_by: Option<&str>) -> anyhow::Result<()> {
+fn graph(manifests: Option<&std::path::Path>, format: &str, group_by: Option<&str>) -> anyhow::Result<()> {
     use netpol_agent::graph;
     let loaded = load_manifests(manifests)?;
     let mut r = graph::reachability(&loaded.state);
