@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod churn;
 pub mod cluster;
 pub mod demo_steps;
 pub mod manifests;
