@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub health_addr: Option<SocketAddr>,
     /// Namespaces in audit mode (policy drops pass, counted as "would drop").
     pub audit_namespaces: std::collections::BTreeSet<String>,
+    /// How the data path reports verdict events.
+    pub events: crate::events::EventSettings,
 }
 
 /// What the agent reports after each sync (the `--status-file`).
@@ -83,6 +85,12 @@ pub struct Status {
     pub packets: BTreeMap<String, BTreeMap<&'static str, BTreeMap<&'static str, u64>>>,
     /// Map entries: policy, ipcache, CIDR regions, endpoints.
     pub entries: BTreeMap<String, usize>,
+    /// Verdict events per local pod: `sent`, `suppressed` (rate limit), `lost` (ring buffer
+    /// full); only pods with some.
+    pub events: BTreeMap<String, BTreeMap<&'static str, u64>>,
+    /// New flows each policy rule allowed (the rule the data path found first), keyed
+    /// `namespace/policy ingress[i]` or `... egress[i]`; only rules with hits.
+    pub policy_hits: BTreeMap<String, u64>,
 }
 
 /// How soon to look again while some local pod has no interface yet.
@@ -106,11 +114,22 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (event_hub, event_task) = match crate::events::EventHub::open(&cfg.pin_path, &cfg.node, cfg.events) {
+        Ok((hub, ring)) => {
+            let task = tokio::spawn(hub.clone().run(ring));
+            (Some(hub), Some(task))
+        }
+        Err(e) => {
+            warn!(error = format!("{e:#}"), "verdict events unavailable");
+            (None, None)
+        }
+    };
+    let conntrack_counter = crate::metrics::count_conntrack_in_background(&cfg.pin_path, metrics.clone());
     let health = match cfg.health_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen for health probes on {addr}"))?;
             info!(%addr, "serving /healthz, /readyz and /metrics");
-            Some(tokio::spawn(health::serve(listener, ready.clone(), metrics.clone())))
+            Some(tokio::spawn(health::serve(listener, ready.clone(), metrics.clone(), event_hub.clone())))
         }
         None => None,
     };
@@ -176,7 +195,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         let started = Instant::now();
         next_sync = tokio::time::Instant::now() + cfg.resync;
-        match sync(&cfg, &source, &mut compiler, &mut datapath, &mut status, &mut seeded) {
+        match sync(&cfg, &source, &mut compiler, &mut datapath, &mut status, &mut seeded, event_hub.as_deref()) {
             Ok(true) => {
                 metrics.synced(noticed.elapsed().as_secs_f64(), &status);
                 if !ready.swap(true, Ordering::Relaxed) {
@@ -210,6 +229,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     if let Some(h) = health {
         h.abort();
     }
+    if let Some(t) = event_task {
+        t.abort();
+    }
+    drop(conntrack_counter);
     Ok(())
 }
 
@@ -222,6 +245,7 @@ fn sync(
     datapath: &mut Datapath,
     status: &mut Status,
     seeded: &mut bool,
+    events: Option<&crate::events::EventHub>,
 ) -> anyhow::Result<bool> {
     let Some(mut loaded) = source.snapshot()? else {
         return Ok(false);
@@ -268,7 +292,7 @@ fn sync(
     }
     // Lint only a changed snapshot (and the first): a resync of the same state says nothing new.
     if status.syncs == 0 || status.manifest_digest != loaded.manifest_digest || status.resource_versions != loaded.resource_versions {
-        warn_lint_findings(&loaded.state);
+        lint_in_background(&loaded.state);
     }
     status.manifest_digest = loaded.manifest_digest;
     status.resource_versions = loaded.resource_versions;
@@ -279,6 +303,11 @@ fn sync(
     status.problems = loaded.problems;
     status.errors = stats.errors;
     status.packets = pod_counters(datapath, &interfaces);
+    status.events = pod_event_counts(datapath, &interfaces);
+    status.policy_hits = policy_hits(datapath, &desired.rules);
+    if let Some(hub) = events {
+        hub.set_names(crate::events::Names::new(&loaded.state, &desired));
+    }
     status.entries = BTreeMap::from([
         ("policy".to_string(), desired.policy.len()),
         ("ipcache".to_string(), desired.ipcache.len()),
@@ -313,6 +342,32 @@ fn pod_counters(
     out
 }
 
+/// The verdict-event outcomes of each attached local pod.
+fn pod_event_counts(datapath: &Datapath, interfaces: &BTreeMap<ObjectRef, PodInterface>) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+    let mut out = BTreeMap::new();
+    for (pod, iface) in interfaces {
+        let Some(ep) = datapath.current_endpoints().get(&iface.ifindex) else { continue };
+        let Ok([sent, suppressed, lost]) = datapath.event_counts(ep.slot) else { continue };
+        if sent + suppressed + lost > 0 {
+            out.insert(pod.to_string(), BTreeMap::from([("sent", sent), ("suppressed", suppressed), ("lost", lost)]));
+        }
+    }
+    out
+}
+
+/// New flows allowed per compiled rule, by the rule's name (see [`Status::policy_hits`]).
+fn policy_hits(datapath: &Datapath, rules: &[crate::compiler::RuleRef]) -> BTreeMap<String, u64> {
+    let Ok(hits) = datapath.rule_hits(rules.len()) else { return BTreeMap::new() };
+    let mut out = BTreeMap::new();
+    for (rule, n) in rules.iter().zip(hits.into_iter().skip(1)) {
+        if n > 0 {
+            let direction = if rule.direction == crate::compiler::Direction::Ingress { "ingress" } else { "egress" };
+            *out.entry(format!("{} {direction}[{}]", rule.policy, rule.index)).or_default() += n;
+        }
+    }
+    out
+}
+
 fn endpoint_has(ep: &netpol_common::EndpointInfo, ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => ep.flags & netpol_common::EP_HAS_IPV4 != 0 && ep.ipv4 == u32::from_ne_bytes(a.octets()),
@@ -338,8 +393,42 @@ fn write_status(path: &Path, status: &Status) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The lint findings already logged (the agent's one run loop is the only caller); a finding is
-/// logged again only after it went away and came back.
+/// The newest snapshot waiting to be linted, and the signal that one is there.
+static LINT_PENDING: (std::sync::Mutex<Option<crate::model::ClusterState>>, std::sync::Condvar) =
+    (std::sync::Mutex::new(None), std::sync::Condvar::new());
+
+/// Hands a copy of `state` to the lint thread (started on first use), replacing any snapshot it
+/// has not got to yet: linting a large cluster takes a while, and enforcement must not wait for
+/// it, nor lint a backlog of states already gone.
+fn lint_in_background(state: &crate::model::ClusterState) {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new().name("lint".into()).spawn(|| loop {
+            let state = {
+                let (slot, ready) = &LINT_PENDING;
+                let mut pending = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                loop {
+                    if let Some(state) = pending.take() {
+                        break state;
+                    }
+                    pending = ready.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            let started = Instant::now();
+            warn_lint_findings(&state);
+            debug!(elapsed_ms = started.elapsed().as_millis() as u64, pods = state.pods.len(), "linted");
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "could not start the lint thread; lint findings are not logged");
+        }
+    });
+    let (slot, ready) = &LINT_PENDING;
+    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(state.clone());
+    ready.notify_one();
+}
+
+/// The lint findings already logged (only the lint thread uses it); a finding is logged again
+/// only after it went away and came back.
 static LINT_REPORTED: std::sync::Mutex<std::collections::BTreeSet<crate::lint::Finding>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 

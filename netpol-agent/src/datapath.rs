@@ -2,9 +2,9 @@
 //! attaches the classifiers to pod veths (TCX links, pinned so enforcement outlives the agent),
 //! and reconciles map contents with the compiler's [`Desired`] state, writing only differences.
 //!
-//! Write order (docs/architecture.md, "Survival"): new and changed entries first, then
-//! isolation flags, then removals, then generation bumps, so no packet sees a half-applied
-//! change that denies what both the old and the new state allow.
+//! Write order (docs/architecture.md, "Survival"): isolation being lifted first, then new and
+//! changed entries, then isolation being added, then removals, then generation bumps, so no
+//! packet sees a half-applied change that denies what both the old and the new state allow.
 
 use std::{
     collections::{hash_map::DefaultHasher, BTreeMap, BTreeSet},
@@ -24,7 +24,7 @@ use aya::{
 use netpol_common::{
     counter_index, COUNTER_SLOTS, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
     EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_PEER_RULES,
-    MAP_POLICY, MAP_PORT_RULES,
+    MAP_POLICY, MAP_PORT_RULES, MAP_EVENT_STATS, MAP_RULE_HITS, event_stat_index, EVENT_STAT_KINDS, RULE_HITS_MAX,
 };
 
 use crate::{
@@ -145,6 +145,8 @@ pub struct Datapath {
     port_rules: HashMap<MapData, PolicyKey, PolicyValue>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     counters: PerCpuArray<MapData, u64>,
+    event_stats: PerCpuArray<MapData, u64>,
+    rule_hits: PerCpuArray<MapData, u64>,
     cur_endpoints: BTreeMap<u32, EndpointInfo>,
     cur_ipcache: BTreeMap<IpKey, u32>,
     cur_cidrs: BTreeMap<CidrKey, u32>,
@@ -153,6 +155,11 @@ pub struct Datapath {
     cur_policy: BTreeMap<PolicyEntryKey, PolicyValue>,
     /// Per endpoint id: fingerprint of its flags and policy entries, and its generation.
     fingerprints: BTreeMap<u32, (u64, u32)>,
+    /// The pinned maps had an earlier, incompatible layout and were replaced by new, empty
+    /// ones: the pinned links keep running the earlier programs (on the earlier maps) until the
+    /// first [`Datapath::apply`] has programmed the new maps, and only then are switched to
+    /// this build's programs.
+    adopt_after_first_apply: bool,
 }
 
 impl Datapath {
@@ -160,6 +167,14 @@ impl Datapath {
     /// there), and reads what the maps hold.
     pub fn load(pin_path: &Path) -> Result<Self> {
         ensure_bpffs(pin_path)?;
+        let incompatible = incompatible_pins(pin_path)?;
+        for (name, why) in &incompatible {
+            // The earlier programs hold their own references: unpinning the map does not take
+            // it from them, so they keep enforcing through the pinned links.
+            let path = pin_path.join(name);
+            std::fs::remove_file(&path).map_err(|source| DatapathError::Fs { op: "unpin incompatible map", path, source })?;
+            tracing::warn!(map = %name, %why, "pinned map has an earlier, incompatible layout: replaced by a new one");
+        }
         let links_dir = pin_path.join("links");
         std::fs::create_dir_all(&links_dir)
             .map_err(|source| DatapathError::Fs { op: "create pin directory", path: links_dir.clone(), source })?;
@@ -183,6 +198,8 @@ impl Datapath {
         let port_rules = HashMap::try_from(take(&mut ebpf, MAP_PORT_RULES)?).map_err(map_err(MAP_PORT_RULES))?;
         let policy = LpmTrie::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
+        let event_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_EVENT_STATS)?).map_err(map_err(MAP_EVENT_STATS))?;
+        let rule_hits = PerCpuArray::try_from(take(&mut ebpf, MAP_RULE_HITS)?).map_err(map_err(MAP_RULE_HITS))?;
         let mut dp = Self {
             ebpf,
             links_dir,
@@ -193,6 +210,8 @@ impl Datapath {
             port_rules,
             policy,
             counters,
+            event_stats,
+            rule_hits,
             cur_endpoints: BTreeMap::new(),
             cur_ipcache: BTreeMap::new(),
             cur_cidrs: BTreeMap::new(),
@@ -200,8 +219,10 @@ impl Datapath {
             cur_port_rules: BTreeMap::new(),
             cur_policy: BTreeMap::new(),
             fingerprints: BTreeMap::new(),
+            adopt_after_first_apply: !incompatible.is_empty(),
         };
         dp.read_current()?;
+        dp.zero_rule_hits()?;
         Ok(dp)
     }
 
@@ -272,6 +293,40 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Verdict events of one endpoint slot, summed over CPUs: `[sent, suppressed, lost]`.
+    pub fn event_counts(&self, slot: u32) -> Result<[u64; 3]> {
+        let mut out = [0u64; 3];
+        for (kind, n) in out.iter_mut().enumerate() {
+            let values = self.event_stats.get(&event_stat_index(slot, kind as u32), 0).map_err(map_err("read event counts"))?;
+            *n = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// New flows allowed per compiled rule id `0..=max_id` (index = id; ids past the map's
+    /// size read 0), summed over CPUs.
+    pub fn rule_hits(&self, max_id: usize) -> Result<Vec<u64>> {
+        let mut out = vec![0u64; max_id + 1];
+        for (id, n) in out.iter_mut().enumerate().take(RULE_HITS_MAX as usize).skip(1) {
+            *n = self.rule_hits.get(&(id as u32), 0).map_err(map_err("read rule hits"))?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Zeroes the rule hit counts: rule ids are this agent's own, so counts an earlier agent
+    /// left in the pinned map would be put on the wrong rules.
+    fn zero_rule_hits(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Fs { op: "count CPUs", path: "/sys/devices/system/cpu/possible".into(), source })?;
+        for id in 0..RULE_HITS_MAX {
+            let values = self.rule_hits.get(&id, 0).map_err(map_err("read rule hits"))?;
+            if values.iter().any(|n| *n != 0) {
+                let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]).map_err(|source| DatapathError::Fs { op: "zero rule hits", path: MAP_RULE_HITS.into(), source })?;
+                self.rule_hits.set(id, zeros, 0).map_err(map_err("zero rule hits"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Zeroes an endpoint slot's counters before a new endpoint takes it.
     fn reset_slot(&mut self, slot: u32, stats: &mut ApplyStats) {
         let cpus = match aya::util::nr_cpus() {
@@ -287,6 +342,15 @@ impl Datapath {
                 if let Err(e) = self.counters.set(counter_index(slot, direction, reason as u32), zeros, 0) {
                     stats.errors.push(format!("reset counters of slot {slot}: {e}"));
                 }
+            }
+        }
+        for kind in 0..EVENT_STAT_KINDS {
+            let zeros = match aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
+                Ok(z) => z,
+                Err(e) => return stats.errors.push(format!("zero event counts: {e}")),
+            };
+            if let Err(e) = self.event_stats.set(event_stat_index(slot, kind), zeros, 0) {
+                stats.errors.push(format!("reset event counts of slot {slot}: {e}"));
             }
         }
     }
@@ -313,6 +377,14 @@ impl Datapath {
     /// (pods without an interface get no endpoint yet).
     pub fn apply(&mut self, desired: &Desired, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>) -> ApplyStats {
         let mut stats = self.apply_maps(desired, interfaces);
+        if self.adopt_after_first_apply {
+            // The new maps hold the whole state now: switch every pinned link to this build's
+            // programs (an atomic program replacement per link; no packet sees neither).
+            self.adopt_after_first_apply = false;
+            let errors = self.adopt_links();
+            tracing::info!(errors = errors.len(), "pinned links switched to this build's programs after the layout change");
+            stats.errors.extend(errors);
+        }
         self.apply_links(interfaces, &mut stats);
         stats
     }
@@ -321,6 +393,29 @@ impl Datapath {
     /// programs with BPF_PROG_TEST_RUN on top of it).
     pub fn apply_maps(&mut self, desired: &Desired, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>) -> ApplyStats {
         let mut stats = ApplyStats::default();
+
+        // 0. Isolation that the new state lifts, first. The new state allows everything in that
+        // direction, so lifting it early opens nothing the new state denies; done later, a peer
+        // whose identity changes below would meet the old isolation with no rule for its new
+        // identity (the old state's rule named the old one), and a flow both states allow would
+        // be dropped in between.
+        for (pod, plan) in &desired.endpoints {
+            let Some(iface) = interfaces.get(pod) else { continue };
+            let Some(cur) = self.cur_endpoints.get(&iface.ifindex).copied() else { continue };
+            if cur.endpoint != plan.id {
+                continue;
+            }
+            let mut flags = cur.flags;
+            if !plan.ingress_isolated {
+                flags &= !EP_INGRESS_ISOLATED;
+            }
+            if !plan.egress_isolated {
+                flags &= !EP_EGRESS_ISOLATED;
+            }
+            if flags != cur.flags {
+                self.write_endpoint(iface.ifindex, EndpointInfo { flags, ..cur }, &mut stats);
+            }
+        }
 
         // 1. New and changed policy entries (ports and ranges before the peer rules that send
         // lookups to them), regions and identities.
@@ -459,6 +554,10 @@ impl Datapath {
     /// moment without a program), so an upgrade takes effect without detaching.
     pub fn adopt_links(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
+        if self.adopt_after_first_apply {
+            // Deferred to the first apply: the new maps are still empty.
+            return errors;
+        }
         for ifindex in self.pinned_links() {
             for name in [PROG_TO_POD, PROG_FROM_POD] {
                 let pin = self.link_pin(ifindex, name);
@@ -578,6 +677,44 @@ pub fn uninstall(pin_path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// The maps pinned under `pin_path` whose layout (type, key size, value size, capacity, flags)
+/// is not the one this build's programs were compiled for: (name, how it differs). Reusing such
+/// a map would make the verifier refuse the programs, or worse, make them read the wrong bytes.
+pub fn incompatible_pins(pin_path: &Path) -> Result<Vec<(String, String)>> {
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| DatapathError::Fs {
+        op: "parse the embedded eBPF object",
+        path: pin_path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut out = Vec::new();
+    let mut names: Vec<&String> = obj.maps.keys().collect();
+    names.sort();
+    for name in names {
+        let want = &obj.maps[name];
+        if want.pinning() != aya_obj::maps::PinningType::ByName {
+            continue;
+        }
+        let path = pin_path.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = match aya::maps::MapInfo::from_pin(&path) {
+            Ok(info) => info,
+            Err(e) => {
+                out.push((name.clone(), format!("unreadable ({e})")));
+                continue;
+            }
+        };
+        let kind = info.map_type().map_or(u32::MAX, |t| t as u32);
+        let got = [kind, info.key_size(), info.value_size(), info.max_entries(), info.map_flags()];
+        let expected = [want.map_type(), want.key_size(), want.value_size(), want.max_entries(), want.map_flags()];
+        if got != expected {
+            out.push((name.clone(), format!("pinned (type, key, value, entries, flags) {got:?}, this build {expected:?}")));
+        }
+    }
+    Ok(out)
 }
 
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.

@@ -53,6 +53,15 @@ pub fn peer_identities(desired: &Desired, peer: IpAddr) -> Vec<u32> {
 /// not a local endpoint.
 pub fn allows(desired: &Desired, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
     let ep = desired.endpoints.get(pod)?;
+    // The endpoint's entries split as the kernel's maps hold them, looked up as the classifier does.
+    let entries = desired.entries_of(ep.id).map(|(k, v)| (*k, *v)).collect();
+    allows_in(desired, &policy_maps::policy_maps(&entries), pod, flow)
+}
+
+/// [`allows`] with the policy entries already split as the kernel holds them
+/// (`policy_maps::policy_maps(&desired.policy)`, made once for many questions).
+pub fn allows_in(desired: &Desired, maps: &policy_maps::PolicyMaps, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
+    let ep = desired.endpoints.get(pod)?;
     let isolated = match flow.direction {
         Direction::Ingress => ep.ingress_isolated,
         Direction::Egress => ep.egress_isolated,
@@ -60,9 +69,6 @@ pub fn allows(desired: &Desired, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
     if !isolated {
         return Some(true);
     }
-    // The endpoint's entries split as the kernel's maps hold them, looked up as the classifier does.
-    let entries = desired.entries_of(ep.id).map(|(k, v)| (*k, *v)).collect();
-    let maps = policy_maps::policy_maps(&entries);
     Some(peer_identities(desired, flow.peer).into_iter().any(|identity| {
         let probe = PolicyKey {
             endpoint: ep.id,
@@ -71,6 +77,6 @@ pub fn allows(desired: &Desired, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
             protocol: flow.protocol,
             port_be: flow.port.to_be(),
         };
-        policy_maps::allows(&maps, &probe)
+        policy_maps::allows(maps, &probe)
     }))
 }

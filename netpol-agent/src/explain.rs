@@ -225,7 +225,8 @@ fn addresses(src: &Named<'_>, dst: &Named<'_>) -> Result<(IpAddr, IpAddr), Expla
 /// kernel's answer, offline. Pods without a node are compiled as if on a node of their own.
 #[derive(Clone, Debug, Default)]
 pub struct Dataplane {
-    nodes: BTreeMap<String, Desired>,
+    /// Per node: the compiled state and its policy entries split as the kernel holds them.
+    nodes: BTreeMap<String, (Desired, crate::policy_maps::PolicyMaps)>,
     node_of: BTreeMap<ObjectRef, String>,
 }
 
@@ -256,7 +257,9 @@ impl Dataplane {
             let n = node(pod);
             if !out.nodes.contains_key(&n) {
                 let opts = CompileOptions { node: n.clone(), host_ips: Vec::new(), allow_host: false };
-                out.nodes.insert(n.clone(), Compiler::new().compile(&state, &opts));
+                let desired = Compiler::new().compile(&state, &opts);
+                let maps = crate::policy_maps::policy_maps(&desired.policy);
+                out.nodes.insert(n.clone(), (desired, maps));
             }
             out.node_of.insert(pod.id.clone(), n);
         }
@@ -265,8 +268,8 @@ impl Dataplane {
 
     /// The verdict for `flow` at `pod`; `None` when `pod` was not compiled.
     pub fn allows(&self, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
-        let desired = self.nodes.get(self.node_of.get(pod)?)?;
-        eval::allows(desired, pod, flow)
+        let (desired, maps) = self.nodes.get(self.node_of.get(pod)?)?;
+        eval::allows_in(desired, maps, pod, flow)
     }
 
     /// The verdict for `port` at `pod` (a protocol alone: every port of the protocol, judged

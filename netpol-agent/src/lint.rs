@@ -96,7 +96,13 @@ pub fn namespace_missing(text: &str, file: &str) -> Vec<(ObjectRef, String)> {
 
 /// Every finding for `state`, sorted by object, rule and code.
 pub fn lint(state: &ClusterState, extra: &Extra) -> Vec<Finding> {
-    let mut l = Linter { state, out: Vec::new(), dataplane: Dataplane::compile(state), namespaces: namespaces(state) };
+    let mut l = Linter {
+        state,
+        out: Vec::new(),
+        dataplane: Dataplane::compile(state),
+        namespaces: namespaces(state),
+        every_port: named_ports_anywhere(state),
+    };
     for p in &extra.problems {
         l.problem(p);
     }
@@ -117,6 +123,27 @@ pub fn lint(state: &ClusterState, extra: &Extra) -> Vec<Finding> {
     l.out.sort();
     l.out.dedup();
     l.out
+}
+
+/// Every (protocol, port) any rule or container port names (TCP 80 when none does).
+fn named_ports_anywhere(state: &ClusterState) -> Vec<(Protocol, u16)> {
+    let mut out: BTreeSet<(Protocol, u16)> = BTreeSet::new();
+    for policy in state.policies.values() {
+        for rule in policy.ingress.iter().chain(&policy.egress) {
+            for pm in &rule.ports {
+                if let PortSpec::Range(lo, _) = pm.port {
+                    out.insert((pm.protocol, lo));
+                }
+            }
+        }
+    }
+    for pod in state.pods.values() {
+        out.extend(pod.named_ports.iter().map(|np| (np.protocol, np.port)));
+    }
+    if out.is_empty() {
+        out.insert((Protocol::Tcp, 80));
+    }
+    out.into_iter().collect()
 }
 
 /// Every namespace the state knows of (declared, or holding pods or policies), with labels.
@@ -149,6 +176,8 @@ struct Linter<'a> {
     out: Vec<Finding>,
     dataplane: Dataplane,
     namespaces: BTreeMap<String, crate::selector::Labels>,
+    /// [`named_ports_anywhere`] of the state, computed once (it is asked for per pod pair).
+    every_port: Vec<(Protocol, u16)>,
 }
 
 impl<'a> Linter<'a> {
@@ -522,7 +551,7 @@ impl<'a> Linter<'a> {
     /// protocol, or no ports at all, stands for every port policies name anywhere (so that the
     /// far side admitting one of them counts).
     fn expected_ports(&self, rule: &Rule, direction: Direction, this: &Pod, other: &Pod) -> Vec<(Protocol, u16)> {
-        let every = || self.named_ports_anywhere();
+        let every = || self.every_port.iter().copied();
         let mut out = Vec::new();
         if rule.ports.is_empty() {
             out.extend(every());
@@ -545,27 +574,6 @@ impl<'a> Linter<'a> {
         out.sort();
         out.dedup();
         out
-    }
-
-    /// Every (protocol, port) any rule or container port names.
-    fn named_ports_anywhere(&self) -> Vec<(Protocol, u16)> {
-        let mut out: BTreeSet<(Protocol, u16)> = BTreeSet::new();
-        for policy in self.state.policies.values() {
-            for rule in policy.ingress.iter().chain(&policy.egress) {
-                for pm in &rule.ports {
-                    if let PortSpec::Range(lo, _) = pm.port {
-                        out.insert((pm.protocol, lo));
-                    }
-                }
-            }
-        }
-        for pod in self.state.pods.values() {
-            out.extend(pod.named_ports.iter().map(|np| (np.protocol, np.port)));
-        }
-        if out.is_empty() {
-            out.insert((Protocol::Tcp, 80));
-        }
-        out.into_iter().collect()
     }
 
     fn verdict(&self, pod: &ObjectRef, direction: Direction, peer: IpAddr, protocol: Protocol, port: u16) -> bool {

@@ -46,6 +46,40 @@ enum Command {
         /// counted as `allow_audit` ("would drop"), to roll out isolation safely.
         #[arg(long = "audit-namespace", value_name = "NAMESPACE")]
         audit_namespaces: Vec<String>,
+        /// Verdict events each pod may raise per second (per CPU); past it they are counted as
+        /// suppressed. 0: no events.
+        #[arg(long, default_value_t = netpol_agent::events::DEFAULT_RATE)]
+        event_rate: u32,
+        /// Report allowed new flows too, even when no `observe` asks for them (drops and audit
+        /// "would drop"s are always reported).
+        #[arg(long)]
+        events_allowed: bool,
+    },
+    /// Stream the verdicts of a running agent live: drops, audit "would drop"s and, on request,
+    /// allowed new flows, with pod names and the policy rule that allowed each flow.
+    ///
+    /// Reads the agent's `/events` on its health address. Runs until interrupted (or `--count`
+    /// events); exits non-zero when the agent cannot be reached.
+    Observe {
+        /// The agent's health address (`--health-addr` of `run`).
+        #[arg(long, default_value = "127.0.0.1:9790")]
+        agent: String,
+        /// Output: one line of text per event, or one JSON object per line.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// Only flows with an end in this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only flows with this pod at one end: NAMESPACE/POD, or POD in any namespace.
+        #[arg(long)]
+        pod: Option<String>,
+        /// Verdicts to show, comma-separated: dropped, audit, allowed, or all. Asking for
+        /// allowed flows makes the data path report them while you watch.
+        #[arg(long, default_value = "dropped,audit")]
+        verdict: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Remove every program, link and map pinned under the pin path (stops enforcement).
     Uninstall {
@@ -129,7 +163,18 @@ fn main() -> anyhow::Result<()> {
         builder.init();
     }
     match cli.command {
-        Command::Run { manifests, node_name, pin_path, status_file, no_host_access, resync_seconds, health_addr, audit_namespaces } => {
+        Command::Run {
+            manifests,
+            node_name,
+            pin_path,
+            status_file,
+            no_host_access,
+            resync_seconds,
+            health_addr,
+            audit_namespaces,
+            event_rate,
+            events_allowed,
+        } => {
             let health_addr = match health_addr.as_str() {
                 "off" => None,
                 a => Some(a.parse().with_context(|| format!("--health-addr {a:?}: not an address:port"))?),
@@ -148,6 +193,7 @@ fn main() -> anyhow::Result<()> {
                 resync: Duration::from_secs(resync_seconds.max(1)),
                 health_addr,
                 audit_namespaces: audit_namespaces.into_iter().collect(),
+                events: netpol_agent::events::EventSettings { rate: event_rate, always_allowed: events_allowed },
             }))
         }
         Command::Uninstall { pin_path } => {
@@ -157,6 +203,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Explain { manifests, from, to, port, output } => explain(manifests.as_deref(), &from, &to, &port, &output),
         Command::Lint { manifests, output } => exit_lint(lint(manifests.as_deref(), &output)),
+        Command::Observe { agent, output, namespace, pod, verdict, count } => {
+            let filter = netpol_agent::events::EventFilter {
+                namespace,
+                pod,
+                verdicts: netpol_agent::events::parse_verdicts(&verdict).context("--verdict")?,
+            };
+            netpol_agent::observe::observe(&agent, &filter, output == "json", count)
+        }
         Command::Graph { manifests, format, group_by } => graph(manifests.as_deref(), &format, group_by.as_deref()),
     }
 }

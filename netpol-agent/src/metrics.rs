@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use netpol_common::{Reason, CIDRS_MAX, ENDPOINTS_MAX, IPCACHE_MAX, POLICY_MAX};
+use netpol_common::{Reason, CIDRS_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, IPCACHE_MAX, MAP_CONNTRACK, POLICY_MAX};
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -37,6 +37,28 @@ pub struct MapLabels {
     pub map: String,
 }
 
+/// Labels of `netpol_policy_hits_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy's name.
+    pub policy: String,
+    /// The rule: `ingress[i]` or `egress[i]`.
+    pub rule: String,
+}
+
+/// Labels of `netpol_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct EventLabels {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// `sent`, `suppressed` (rate limit) or `lost` (ring buffer full).
+    pub outcome: String,
+}
+
 /// Per-pod counters as the status file carries them: pod -> direction -> reason -> packets.
 pub type PodPackets = BTreeMap<String, BTreeMap<&'static str, BTreeMap<&'static str, u64>>>;
 
@@ -54,8 +76,13 @@ pub struct Metrics {
     local_pods: Gauge,
     attached_pods: Gauge,
     ready: Gauge,
+    policy_hits: Family<RuleLabels, Counter>,
+    events: Family<EventLabels, Counter>,
     /// The kernel counters seen at the last update, to add only what moved.
     last: std::sync::Mutex<BTreeMap<PacketLabels, u64>>,
+    /// The same for rule hits and event outcomes.
+    last_rules: std::sync::Mutex<BTreeMap<RuleLabels, u64>>,
+    last_events: std::sync::Mutex<BTreeMap<EventLabels, u64>>,
     /// Scrapes served.
     scrapes: AtomicU64,
 }
@@ -82,7 +109,9 @@ impl Metrics {
         registry.register("map_entries", "Entries the agent programmed into each data-path map", map_entries.clone());
         let map_capacity = Family::<MapLabels, Gauge>::default();
         registry.register("map_capacity", "Capacity of each data-path map", map_capacity.clone());
-        for (map, cap) in [("policy", POLICY_MAX), ("ipcache", IPCACHE_MAX), ("cidrs", CIDRS_MAX), ("endpoints", ENDPOINTS_MAX)] {
+        for (map, cap) in
+            [("policy", POLICY_MAX), ("ipcache", IPCACHE_MAX), ("cidrs", CIDRS_MAX), ("endpoints", ENDPOINTS_MAX), ("conntrack", CONNTRACK_MAX)]
+        {
             map_capacity.get_or_create(&MapLabels { map: map.into() }).set(i64::from(cap));
         }
         let programming_seconds = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
@@ -107,6 +136,14 @@ impl Metrics {
         registry.register("attached_pods", "Local pods whose veth carries the classifiers", attached_pods.clone());
         let ready = Gauge::default();
         registry.register("ready", "1 once the first complete state is programmed", ready.clone());
+        let policy_hits = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "policy_hits",
+            "New flows each policy rule allowed on this node (the rule the data path found first)",
+            policy_hits.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register("events", "Verdict events per local pod: sent, suppressed by the rate limit, lost to a full ring buffer", events.clone());
         Self {
             registry,
             packets,
@@ -120,7 +157,11 @@ impl Metrics {
             local_pods,
             attached_pods,
             ready,
+            policy_hits,
+            events,
             last: std::sync::Mutex::new(BTreeMap::new()),
+            last_rules: std::sync::Mutex::new(BTreeMap::new()),
+            last_events: std::sync::Mutex::new(BTreeMap::new()),
             scrapes: AtomicU64::new(0),
         }
     }
@@ -144,6 +185,24 @@ impl Metrics {
             self.map_entries.get_or_create(&MapLabels { map: map.clone() }).set(*n as i64);
         }
         self.packets_seen(&status.packets);
+        let rules = status.policy_hits.iter().filter_map(|(key, n)| {
+            let (policy, rule) = key.rsplit_once(' ')?;
+            let (namespace, policy) = policy.split_once('/')?;
+            Some((RuleLabels { namespace: namespace.into(), policy: policy.into(), rule: rule.into() }, *n))
+        });
+        add_moved(&self.policy_hits, &self.last_rules, rules);
+        let events = status.events.iter().flat_map(|(pod, outcomes)| {
+            let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
+            outcomes.iter().map(move |(outcome, n)| {
+                (EventLabels { namespace: namespace.into(), pod: name.into(), outcome: (*outcome).into() }, *n)
+            })
+        });
+        add_moved(&self.events, &self.last_events, events);
+    }
+
+    /// Sets the conntrack fill level (entries counted in the pinned map).
+    pub fn conntrack_entries(&self, n: usize) {
+        self.map_entries.get_or_create(&MapLabels { map: "conntrack".into() }).set(n as i64);
     }
 
     /// Records a failed sync.
@@ -183,6 +242,69 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Adds to each counter of `family` what its kernel count moved since the last call (a count
+/// that went back starts again from its new value).
+fn add_moved<L>(family: &Family<L, Counter>, last: &std::sync::Mutex<BTreeMap<L, u64>>, counts: impl Iterator<Item = (L, u64)>)
+where
+    L: Clone + Ord + std::hash::Hash + EncodeLabelSet + std::fmt::Debug,
+{
+    let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (labels, n) in counts {
+        let before = last.insert(labels.clone(), n).unwrap_or(0);
+        family.get_or_create(&labels).inc_by(if n >= before { n - before } else { n });
+    }
+}
+
+/// How often the conntrack fill level is counted.
+const CONNTRACK_COUNT_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Stops the conntrack counting thread when dropped.
+#[derive(Debug)]
+pub struct ConntrackCounter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for ConntrackCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts the entries of the pinned conntrack map every few seconds on a thread of its own
+/// (a walk over up to `CONNTRACK_MAX` keys, kept off the sync path) into
+/// `netpol_map_entries{map="conntrack"}`.
+pub fn count_conntrack_in_background(pin_path: &std::path::Path, metrics: std::sync::Arc<Metrics>) -> ConntrackCounter {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let path = pin_path.join(MAP_CONNTRACK);
+    let flag = stop.clone();
+    let spawned = std::thread::Builder::new().name("conntrack-count".into()).spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            match count_conntrack(&path) {
+                Ok(n) => metrics.conntrack_entries(n),
+                Err(e) => tracing::debug!(error = %e, "could not count conntrack entries"),
+            }
+            let mut slept = std::time::Duration::ZERO;
+            while slept < CONNTRACK_COUNT_PERIOD && !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                slept += std::time::Duration::from_millis(200);
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the conntrack counting thread");
+    }
+    ConntrackCounter { stop }
+}
+
+/// The number of entries in the pinned conntrack map at `path`.
+pub fn count_conntrack(path: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    let data = aya::maps::MapData::from_pin(path).with_context(|| format!("open {}", path.display()))?;
+    let map: aya::maps::HashMap<_, netpol_common::CtKey, netpol_common::CtValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).context("NETPOL_CONNTRACK is not an LRU hash")?;
+    Ok(map.keys().filter(Result::is_ok).count())
 }
 
 impl PartialOrd for PacketLabels {
@@ -239,6 +361,8 @@ mod tests {
             "netpol_local_pods",
             "netpol_attached_pods",
             "netpol_ready 1",
+            "netpol_policy_hits",
+            "netpol_events",
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }

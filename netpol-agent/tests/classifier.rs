@@ -296,6 +296,17 @@ fn a_pod_cannot_send_with_another_source_address() {
 }
 
 #[test]
+fn ipv4_mapped_ipv6_addresses_are_not_taken_for_the_ipv4_host() {
+    // ::ffff:198.18.0.11 is b's IPv4 address in IPv6 form: the same map key as b, so it would
+    // get b's allowance; such addresses never appear on an IPv6 wire, and are dropped.
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
+    assert_eq!(f.entering_pod(&flow("::ffff:198.18.0.11", A6, TCP, 40000, 80)), DROP, "a mapped source posing as b");
+    assert_eq!(f.leaving_pod(&flow(A6, "::ffff:198.18.1.11", UDP, 40000, 53)), DROP, "a mapped destination");
+    assert_eq!(f.entering_pod(&flow(B6, A6, TCP, 40000, 80)), ALLOW, "b's real IPv6 address is allowed");
+    assert_eq!(f.counter("drop_malformed"), 2);
+}
+
+#[test]
 fn icmp_into_an_isolated_pod_needs_a_rule_without_ports() {
     let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
     assert_eq!(f.entering_pod(&flow(B, A, ICMP, 7, 0)), DROP, "a rule with ports does not allow ICMP");

@@ -185,6 +185,11 @@ fn parse_v6(f: &[u8]) -> Option<Parsed> {
         return None;
     }
     let (src, dst): (Addr, Addr) = (h[8..24].try_into().ok()?, h[24..40].try_into().ok()?);
+    // IPv4-mapped addresses (::ffff:0:0/96) never appear on an IPv6 wire.
+    let mapped = |a: &Addr| a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if mapped(&src) || mapped(&dst) {
+        return None;
+    }
     let mut next = h[6];
     let mut at = 14 + 40;
     let (mut fragment_pos, mut frag_id) = (Fragment::None, 0);

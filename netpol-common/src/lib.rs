@@ -291,6 +291,13 @@ impl IpKey {
         }
     }
 
+    /// Whether this is an IPv4-mapped address (`::ffff:0:0/96`): the form of every IPv4 key, and
+    /// never a valid address on an IPv6 wire (RFC 4291 2.5.5.2).
+    #[inline(always)]
+    pub const fn is_v4_mapped(&self) -> bool {
+        self.addr[2] == V4_MAPPED_WORD && self.addr[1] == 0 && self.addr[0] == 0
+    }
+
     /// Whether this is the IPv4-mapped form of the IPv4 address `w` (as in [`Self::from_v4_word`]).
     #[inline(always)]
     pub const fn is_v4_word(&self, w: u32) -> bool {
@@ -681,5 +688,6 @@ mod tests {
         assert!(v4.is_v4_word(u32::from_ne_bytes([198, 18, 0, 10])));
         assert!(!v4.is_v4_word(u32::from_ne_bytes([198, 18, 0, 11])));
         assert!(!IpKey::from_octets([0; 16]).is_v4_word(0));
+        assert!(v4.is_v4_mapped() && !k.is_v4_mapped());
     }
 }

@@ -95,6 +95,9 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
         Err(NotIp::TooManyExtHeaders) => return (Reason::DropExtHeaders, NONE),
     };
     let (own, peer) = if from_pod { (&p.src, &p.dst) } else { (&p.dst, &p.src) };
+    if p.ipv6 && has_v4_mapped_address(p) {
+        return (Reason::DropMalformed, NONE);
+    }
 
     if from_pod && !is_own_address(ep, own) && !is_link_local_icmpv6(p) {
         return (Reason::DropSpoofed, NONE);
@@ -148,6 +151,15 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
     conntrack::track(&key, src_is_a, direction, ep.generation);
     remember_first_fragment(ep, p);
     (reason, rule)
+}
+
+/// Whether an IPv6 packet carries an IPv4-mapped address (`::ffff:0:0/96`): never valid on an
+/// IPv6 wire (RFC 4291 2.5.5.2), and its key would be the IPv4 host's, with that host's policy
+/// and conntrack entries. Its own BPF function: one call on the IPv6 path, no new verifier
+/// branches in the caller.
+#[inline(never)]
+fn has_v4_mapped_address(p: &Packet) -> bool {
+    p.src.is_v4_mapped() || p.dst.is_v4_mapped()
 }
 
 /// ICMPv6 Neighbor Advertisement (RFC 4861).

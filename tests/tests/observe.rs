@@ -1,6 +1,8 @@
 //! What the agent reports about real traffic: per-pod packet counters by direction and reason
-//! move by exactly the packets sent, and audit mode lets policy drops pass while counting them
-//! as "would drop" — on real namespaces with real packets.
+//! move by exactly the packets sent; audit mode lets policy drops pass while counting them as
+//! "would drop"; `netpol-agent observe` streams an event for a real dropped connection with the
+//! right pod names (and, on request, for allowed flows, naming the policy rule); the rate limit
+//! suppresses and counts — on real namespaces with real packets.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -139,4 +141,188 @@ fn audit_mode_lets_policy_drops_pass_and_counts_them_as_would_drop() {
     c.sync().expect("sync");
     assert!(!c.probe(("x", "c"), ("x", "a"), 80, Protocol::Tcp, false), "enforcing: x/c is denied");
     assert!(c.probe(("x", "b"), ("x", "a"), 80, Protocol::Tcp, false), "enforcing: x/b is admitted");
+}
+
+/// A running `netpol-agent observe` in the node's namespace, its JSON lines collected.
+struct Observer {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Observer {
+    fn start(node: &str, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns::path(node)))
+            .arg("--")
+            .arg(netpol_sandbox::agent::agent_bin())
+            .args(["observe", "--agent", "127.0.0.1:9790", "--output", "json"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start observe");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("observe printed a line that is not JSON ({e}): {line}"),
+                }
+            }
+        });
+        // Give the subscription a moment to reach the agent.
+        std::thread::sleep(Duration::from_millis(700));
+        Self { child, lines }
+    }
+
+    /// The first event satisfying `want` within `timeout` (events before it are skipped).
+    fn wait_for(&self, timeout: Duration, want: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) if want(&v) => return Some(v),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Every event that arrives within `quiet` of the previous one.
+    fn drain(&self, quiet: Duration) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(v) = self.lines.recv_timeout(quiet) {
+            out.push(v);
+        }
+        out
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(v: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Value {
+    path.iter().fold(v, |v, k| &v[*k])
+}
+
+#[test]
+fn observe_streams_a_real_drop_and_an_allowed_flow_with_names_and_policy() {
+    if !privileged() {
+        return;
+    }
+    let mut c = three_pods();
+    c.start_agent(0, &[]).expect("agent");
+    c.sync().expect("sync");
+    let node = c.nodes[0].netns.clone();
+    let a_ip = c.pod("x", "a").ipv4.to_string();
+
+    // Drops only (the default): x/c's connection to x/a:80 is refused by policy.
+    let drops = Observer::start(&node, &["--namespace", "x"]);
+    assert!(!c.probe(("x", "c"), ("x", "a"), 80, Protocol::Tcp, false), "x/c is denied");
+    let ev = drops
+        .wait_for(Duration::from_secs(5), |v| v["verdict"] == "dropped" && field(v, &["destination", "port"]) == 80)
+        .expect("an event for the dropped connection");
+    eprintln!("drop event: {ev}");
+    assert_eq!(ev["pod"], "x/a", "reported on the pod whose ingress dropped it");
+    assert_eq!(ev["direction"], "ingress");
+    assert_eq!(ev["reason"], "drop_no_rule");
+    assert_eq!(ev["protocol"], "TCP");
+    assert_eq!(field(&ev, &["source", "pod"]), "x/c");
+    assert_eq!(field(&ev, &["destination", "pod"]), "x/a");
+    assert_eq!(field(&ev, &["destination", "ip"]), a_ip.as_str());
+    assert!(ev["time"].as_str().is_some_and(|t| t.starts_with("20")), "a wall-clock time: {ev}");
+    // The allowed connection of x/b is not shown to a drops-only observer.
+    assert!(c.probe(("x", "b"), ("x", "a"), 80, Protocol::Tcp, false), "x/b is admitted");
+    assert!(drops.wait_for(Duration::from_secs(1), |v| v["verdict"] == "allowed").is_none(), "allowed flows only on request");
+    drop(drops);
+
+    // Asking for allowed flows: x/b's connection is reported with the rule that allowed it.
+    let all = Observer::start(&node, &["--verdict", "all", "--pod", "x/b"]);
+    assert!(c.probe(("x", "b"), ("x", "a"), 80, Protocol::Tcp, false), "x/b is admitted");
+    let ev = all
+        .wait_for(Duration::from_secs(5), |v| v["verdict"] == "allowed" && v["direction"] == "ingress" && v["pod"] == "x/a")
+        .expect("an event for the allowed connection");
+    eprintln!("allow event: {ev}");
+    assert_eq!(ev["policy"], "x/admit-b");
+    assert_eq!(ev["rule"], "ingress[0]");
+    assert_eq!(ev["reason"], "allow_policy");
+    assert_eq!(field(&ev, &["source", "pod"]), "x/b");
+    drop(all);
+
+    // The rule's hits: in the status file and on /metrics.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hits = loop {
+        let hits = c.agent(0).status().and_then(|s| s["policy_hits"]["x/admit-b ingress[0]"].as_u64()).unwrap_or(0);
+        if hits >= 2 || Instant::now() > deadline {
+            break hits;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(hits >= 2, "two connections of x/b were allowed by x/admit-b ingress[0]: {hits}");
+    let text = scrape(&node);
+    assert!(text.contains(r#"netpol_policy_hits_total{namespace="x",policy="admit-b",rule="ingress[0]"}"#), "metrics:\n{text}");
+}
+
+#[test]
+fn the_event_rate_limit_suppresses_and_counts_every_drop() {
+    if !privileged() {
+        return;
+    }
+    let mut c = three_pods();
+    c.start_agent(0, &["--event-rate", "5"]).expect("agent");
+    c.sync().expect("sync");
+    let node = c.nodes[0].netns.clone();
+    let observer = Observer::start(&node, &["--pod", "x/a"]);
+
+    // 300 denied datagrams, each from a new socket: 300 new flows, all dropped, in well under
+    // a second.
+    const SENT: u64 = 300;
+    let to = SocketAddr::new(c.pod("x", "a").ipv4.into(), 53);
+    let started = Instant::now();
+    netns::within(&c.pod("x", "c").netns, || {
+        for i in 0..SENT {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.send_to(&[i as u8; 8], to).expect("send");
+        }
+    })
+    .expect("netns");
+    let took = started.elapsed();
+    let events = observer.drain(Duration::from_secs(2));
+    let suppressed_in_events: u64 = events.iter().filter_map(|e| e["suppressed"].as_u64()).sum();
+    eprintln!("{SENT} drops in {took:?}: {} events reached observe", events.len());
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    // At most 5 per CPU per window; the burst may straddle a window boundary.
+    assert!(!events.is_empty() && (events.len() as u64) <= 5 * cpus * 2, "{} events for {SENT} drops", events.len());
+    assert!(events.iter().all(|e| e["verdict"] == "dropped" && e["pod"] == "x/a"));
+
+    // Every drop was either sent as an event or counted as suppressed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = c.agent(0).status().expect("status");
+        let counts = &status["events"]["x/a"];
+        let (sent, suppressed, lost) =
+            (counts["sent"].as_u64().unwrap_or(0), counts["suppressed"].as_u64().unwrap_or(0), counts["lost"].as_u64().unwrap_or(0));
+        let drops = status["packets"]["x/a"]["ingress"]["drop_no_rule"].as_u64().unwrap_or(0);
+        if drops >= SENT && sent + suppressed + lost == drops {
+            eprintln!("x/a: {drops} drops, events sent {sent}, suppressed {suppressed}, lost {lost}; suppressed carried by events {suppressed_in_events}");
+            assert!(suppressed >= SENT - 5 * cpus * 2, "the rest were suppressed");
+            assert_eq!(lost, 0, "the ring buffer had room");
+            break;
+        }
+        assert!(Instant::now() < deadline, "counts did not add up: drops {drops}, sent {sent}, suppressed {suppressed}, lost {lost}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = scrape(&node);
+    assert!(text.contains(r#"netpol_events_total{namespace="x",pod="a",outcome="suppressed"}"#), "metrics:\n{text}");
+    assert!(text.contains(r#"netpol_map_entries{map="conntrack"}"#), "metrics:\n{text}");
 }

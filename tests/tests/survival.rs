@@ -83,3 +83,93 @@ fn a_clean_stop_leaves_enforcement_and_uninstall_removes_it() {
     assert!(!pin.exists(), "every pin is gone");
     assert!(reaches_a(&c, "c"), "with netpol uninstalled nothing is enforced");
 }
+
+/// Pins, in place of the map `name` under `pin`, a hash map of another layout (as an earlier
+/// release with a smaller value would have left it), with the raw `bpf(2)` calls.
+fn pin_incompatible_map(pin: &std::path::Path, name: &str, key_size: u32, value_size: u32) {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let path = pin.join(name);
+    std::fs::remove_file(&path).expect("unpin the current map");
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, 64]);
+    // SAFETY: bpf(2) with a zeroed, large enough attribute union.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    assert!(fd >= 0, "create a map: {}", std::io::Error::last_os_error());
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    let mut pin_attr = [0u64; 4];
+    pin_attr[0] = cpath.as_ptr() as u64;
+    pin_attr[1] = fd as u64;
+    // SAFETY: as above; the path outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin_attr.as_ptr(), std::mem::size_of_val(&pin_attr)) };
+    assert_eq!(rc, 0, "pin the map: {}", std::io::Error::last_os_error());
+    // SAFETY: our own descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Removes whatever an agent pinned under `pin` when the test ends, however it ends.
+struct Uninstall(std::path::PathBuf);
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(agent_bin()).arg("uninstall").arg("--pin-path").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn pins_of_an_incompatible_earlier_layout_are_replaced_without_opening_anything() {
+    if !privileged() {
+        return;
+    }
+    let mut c = three_pods();
+    c.set_policies(&[admit("b")]).expect("write");
+    c.start_agent(0, &[]).expect("agent");
+    c.sync().expect("sync");
+    let pin = c.agent(0).pin_path.clone();
+    let _cleanup = Uninstall(pin.clone());
+    let mut held = c.open_connection(("x", "b"), ("x", "a")).expect("the connection opens");
+
+    // The earlier agent is gone; its programs still enforce through the pinned links, but the
+    // pinned endpoint map now has another value size (32 bytes where this build has 40).
+    c.agent(0).keep_pins();
+    c.agent(0).kill();
+    c.drop_agent(0);
+    pin_incompatible_map(&pin, "NETPOL_ENDPOINTS", 4, 32);
+
+    // x/c probes x/a all along: while the successor replaces the incompatible map, programs the
+    // new maps and only then switches the pinned links to its programs, not one of its
+    // connections may open.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (netns, target, stop) = (c.pod("x", "c").netns.clone(), c.target("x", "a", 80, Protocol::Tcp, false), stop.clone());
+        std::thread::spawn(move || {
+            let (mut tries, mut opened) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tries += 1;
+                if netpol_sandbox::probe::probe(&netns, &target) {
+                    opened += 1;
+                }
+            }
+            (tries, opened)
+        })
+    };
+    let started = Instant::now();
+    c.start_agent_at(0, &pin, &[]).expect("successor");
+    c.sync().expect("the successor converges");
+    let converged = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tries, opened) = prober.join().expect("prober");
+    eprintln!("successor converged in {converged:?}; x/c tried {tries} connections meanwhile, {opened} opened");
+    assert_eq!(opened, 0, "nothing opened while the layout was replaced");
+    assert!(tries >= 2, "x/c kept probing ({tries})");
+
+    let log = c.agent(0).log_tail();
+    assert!(log.contains("incompatible layout"), "the agent says what it did:\n{log}");
+    assert_eq!(std::fs::read_dir(pin.join("links")).expect("links").count(), 6, "3 pods x 2 directions, attached once");
+    assert!(reaches_a(&c, "b"), "x/b is still admitted");
+    assert!(!reaches_a(&c, "c"), "x/c is still denied");
+    assert!(held.works(), "the open connection of x/b survives (re-judged by policy: still allowed)");
+}
