@@ -58,6 +58,9 @@ pub struct RunConfig {
     pub audit_namespaces: std::collections::BTreeSet<String>,
     /// How the data path reports verdict events.
     pub events: crate::events::EventSettings,
+    /// Lint the cluster state at most this often, logging new findings as warnings (none: no
+    /// linting in the agent).
+    pub lint_interval: Option<Duration>,
 }
 
 /// What the agent reports after each sync (the `--status-file`).
@@ -291,8 +294,9 @@ fn sync(
         }
     }
     // Lint only a changed snapshot (and the first): a resync of the same state says nothing new.
-    if status.syncs == 0 || status.manifest_digest != loaded.manifest_digest || status.resource_versions != loaded.resource_versions {
-        lint_in_background(&loaded.state);
+    let changed = status.syncs == 0 || status.manifest_digest != loaded.manifest_digest || status.resource_versions != loaded.resource_versions;
+    if let (true, Some(interval)) = (changed, cfg.lint_interval) {
+        lint_in_background(&loaded.state, interval);
     }
     status.manifest_digest = loaded.manifest_digest;
     status.resource_versions = loaded.resource_versions;
@@ -356,10 +360,10 @@ fn pod_event_counts(datapath: &Datapath, interfaces: &BTreeMap<ObjectRef, PodInt
 }
 
 /// New flows allowed per compiled rule, by the rule's name (see [`Status::policy_hits`]).
-fn policy_hits(datapath: &Datapath, rules: &[crate::compiler::RuleRef]) -> BTreeMap<String, u64> {
-    let Ok(hits) = datapath.rule_hits(rules.len()) else { return BTreeMap::new() };
+fn policy_hits(datapath: &Datapath, rules: &BTreeMap<u32, crate::compiler::RuleRef>) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for (rule, n) in rules.iter().zip(hits.into_iter().skip(1)) {
+    for (id, rule) in rules {
+        let Ok(n) = datapath.rule_hits(*id) else { continue };
         if n > 0 {
             let direction = if rule.direction == crate::compiler::Direction::Ingress { "ingress" } else { "egress" };
             *out.entry(format!("{} {direction}[{}]", rule.policy, rule.index)).or_default() += n;
@@ -399,11 +403,12 @@ static LINT_PENDING: (std::sync::Mutex<Option<crate::model::ClusterState>>, std:
 
 /// Hands a copy of `state` to the lint thread (started on first use), replacing any snapshot it
 /// has not got to yet: linting a large cluster takes a while, and enforcement must not wait for
-/// it, nor lint a backlog of states already gone.
-fn lint_in_background(state: &crate::model::ClusterState) {
+/// it, nor lint a backlog of states already gone. The thread lints at most once per `interval`
+/// (the first call's).
+fn lint_in_background(state: &crate::model::ClusterState, interval: Duration) {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
-        let spawned = std::thread::Builder::new().name("lint".into()).spawn(|| loop {
+        let spawned = std::thread::Builder::new().name("lint".into()).spawn(move || loop {
             let state = {
                 let (slot, ready) = &LINT_PENDING;
                 let mut pending = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -416,7 +421,14 @@ fn lint_in_background(state: &crate::model::ClusterState) {
             };
             let started = Instant::now();
             warn_lint_findings(&state);
-            debug!(elapsed_ms = started.elapsed().as_millis() as u64, pods = state.pods.len(), "linted");
+            drop(state);
+            // A lint allocates (and frees) a compiled copy of the cluster per node; give the
+            // freed memory back rather than keep it as the thread's arena high-water mark.
+            // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+            debug!(elapsed_ms = started.elapsed().as_millis() as u64, "linted");
+            // Findings are advice: at most one lint per interval, of the newest state then.
+            std::thread::sleep(interval.saturating_sub(started.elapsed()));
         });
         if let Err(e) = spawned {
             warn!(error = %e, "could not start the lint thread; lint findings are not logged");

@@ -204,10 +204,11 @@ pub struct Desired {
     pub cidrs: BTreeMap<CidrKey, u32>,
     /// Policy entries.
     pub policy: BTreeMap<PolicyEntryKey, PolicyValue>,
-    /// Rule ids (1-based) to their rules. A rule keeps its id for the compiler's lifetime and
-    /// ids are never reused, so this holds every rule the compiler has numbered, including
-    /// rules of policies since removed (their counters still name the right rule).
-    pub rules: Vec<RuleRef>,
+    /// Rule ids (from 1) to the rules that have entries in this state. A rule keeps its id
+    /// while it has entries; the id of a rule that has none any more is handed out again
+    /// (lowest first), so ids stay few and dense (the data path counts hits per id, and the
+    /// reconciler zeroes an id's count when the rule behind it changes).
+    pub rules: BTreeMap<u32, RuleRef>,
     /// Pod identities in use (shared with the compiler's allocator, not copied per compile).
     pub identities: BTreeMap<u32, Arc<IdentityKey>>,
 }
@@ -216,6 +217,35 @@ impl Desired {
     /// The policy entries of one endpoint.
     pub fn entries_of(&self, endpoint: u32) -> impl Iterator<Item = (&PolicyEntryKey, &PolicyValue)> {
         self.policy.iter().filter(move |(k, _)| k.key.endpoint == endpoint)
+    }
+}
+
+/// Rule ids by (policy, direction, index): stable while the rule has entries; ids of rules
+/// gone are reused, lowest first.
+#[derive(Clone, Debug, Default)]
+struct RuleIds {
+    ids: BTreeMap<(ObjectRef, Direction, usize), u32>,
+    free: BTreeSet<u32>,
+    next: u32,
+}
+
+impl RuleIds {
+    fn get(&mut self, key: &(ObjectRef, Direction, usize)) -> u32 {
+        if let Some(n) = self.ids.get(key) {
+            return *n;
+        }
+        let n = self.free.pop_first().unwrap_or_else(|| {
+            self.next += 1;
+            self.next
+        });
+        self.ids.insert(key.clone(), n);
+        n
+    }
+
+    /// Frees the ids of rules not in `used`.
+    fn retain(&mut self, used: &BTreeSet<(ObjectRef, Direction, usize)>) {
+        let free = &mut self.free;
+        self.ids.retain(|k, n| used.contains(k) || !free.insert(*n));
     }
 }
 
@@ -258,9 +288,7 @@ pub struct Compiler {
     endpoints: Allocator<ObjectRef>,
     /// Rule ids by (policy, direction, index): stable, so that a policy change does not
     /// renumber (and so rewrite) the entries of endpoints it does not select.
-    rule_ids: Allocator<(ObjectRef, Direction, usize)>,
-    /// `rule_ids` in id order (id `n` is `rules[n - 1]`).
-    rules: Vec<RuleRef>,
+    rule_ids: RuleIds,
 }
 
 impl Default for Compiler {
@@ -284,8 +312,7 @@ impl Compiler {
             next_identity: IDENTITY_FIRST_POD,
             cidr_identities: Allocator::new(IDENTITY_FIRST_CIDR),
             endpoints: Allocator::new(1),
-            rule_ids: Allocator::new(1),
-            rules: Vec::new(),
+            rule_ids: RuleIds::default(),
         }
     }
 
@@ -311,6 +338,7 @@ impl Compiler {
     /// Compiles the cluster into map contents for `opts.node`.
     pub fn compile(&mut self, state: &ClusterState, opts: &CompileOptions) -> Desired {
         let mut out = Desired::default();
+        let mut used_rules: BTreeSet<(ObjectRef, Direction, usize)> = BTreeSet::new();
 
         // Pod identities, grouped by parts borrowed from the snapshot (no per-pod copies).
         let implicit_labels: BTreeMap<&str, Labels> = state
@@ -393,7 +421,10 @@ impl Compiler {
                         continue;
                     }
                     for (index, rule) in rules.iter().enumerate() {
-                        let rule_id = self.rule_id(&policy.id, direction, index);
+                        let key = (policy.id.clone(), direction, index);
+                        let rule_id = self.rule_ids.get(&key);
+                        out.rules.entry(rule_id).or_insert_with(|| RuleRef { policy: policy.id.to_string(), direction, index });
+                        used_rules.insert(key);
                         ctx.emit_rule(&mut out.policy, policy, direction, rule, rule_id);
                     }
                 }
@@ -420,17 +451,8 @@ impl Compiler {
                 },
             );
         }
-        out.rules.clone_from(&self.rules);
+        self.rule_ids.retain(&used_rules);
         out
-    }
-
-    /// The stable id of rule `index` of `policy`'s `direction` rules, numbering it if new.
-    fn rule_id(&mut self, policy: &ObjectRef, direction: Direction, index: usize) -> u32 {
-        let id = self.rule_ids.get(&(policy.clone(), direction, index));
-        if id as usize > self.rules.len() {
-            self.rules.push(RuleRef { policy: policy.to_string(), direction, index });
-        }
-        id
     }
 }
 

@@ -341,7 +341,7 @@ fn check_invariants(d: &Desired) {
         if k.prefix_len == POLICY_PREFIX_PEER {
             assert_eq!(k.key.protocol, 0, "entry {k:?} has a protocol beyond its prefix");
         }
-        assert!(v.rule == 0 || (v.rule as usize) <= d.rules.len(), "entry {k:?} names rule {} of {}", v.rule, d.rules.len());
+        assert!(v.rule == 0 || d.rules.contains_key(&v.rule), "entry {k:?} names rule {} of {}", v.rule, d.rules.len());
     }
     for id in d.ipcache.values() {
         assert!(*id == IDENTITY_HOST || d.identities.contains_key(id), "ipcache identity {id} stands for nothing");
@@ -1719,7 +1719,7 @@ spec:
     // Every entry still names the rule that wrote it.
     for (k, v) in &new.desired.policy {
         if v.rule != 0 {
-            let r = &new.desired.rules[v.rule as usize - 1];
+            let r = &new.desired.rules[&v.rule];
             let dir = if k.key.direction == DIR_INGRESS { IN } else { OUT };
             assert_eq!(r.direction, dir, "entry {k:?} names {r:?}");
         }
@@ -2151,4 +2151,29 @@ fn random_clusters_compile_to_the_verdicts_of_the_spec() {
     // The generator must exercise both answers where it matters: on isolated endpoints.
     println!("{allowed} of {checked} flows of isolated endpoints allowed");
     assert!(checked > 50_000 && allowed > checked / 5 && allowed < checked * 4 / 5, "{allowed} of {checked} flows allowed");
+}
+
+#[test]
+fn rule_ids_of_removed_policies_are_freed_and_reused_so_the_table_stays_small() {
+    let deny = |name: &str| {
+        format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: a}}\nspec:\n  podSelector: {{}}\n  ingress: [{{from: [{{podSelector: {{}}}}]}}]\n")
+    };
+    let mut compiler = Compiler::new();
+    let first = cluster().with_policy(&deny("p0")).compile_with(&mut compiler).desired;
+    assert_eq!(first.rules.keys().copied().collect::<Vec<_>>(), [1]);
+    // 100 policies replaced one after the other: the table never holds more than the live one,
+    // and ids are reused instead of growing.
+    for i in 1..=100 {
+        let d = cluster().with_policy(&deny(&format!("p{i}"))).compile_with(&mut compiler).desired;
+        assert_eq!(d.rules.len(), 1, "only the live rule is in the table");
+        let (id, rule) = d.rules.iter().next().expect("one rule");
+        assert_eq!(rule.policy, format!("a/p{i}"));
+        // Freed at the end of the compile that no longer uses it, so ids alternate 1 and 2.
+        assert!(*id <= 2, "freed ids are reused: id {id} at step {i}");
+    }
+    // Two live policies keep distinct, stable ids.
+    let both = cluster().with_policy(&deny("p100")).with_policy(&deny("q")).compile_with(&mut compiler).desired;
+    assert_eq!(both.rules.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    let again = cluster().with_policy(&deny("p100")).with_policy(&deny("q")).compile_with(&mut compiler).desired;
+    assert_eq!(again.rules, both.rules, "stable while live");
 }

@@ -160,6 +160,9 @@ pub struct Datapath {
     /// first [`Datapath::apply`] has programmed the new maps, and only then are switched to
     /// this build's programs.
     adopt_after_first_apply: bool,
+    /// The rule each id last stood for (ids are dense and reused, so this stays small): an id
+    /// that comes to stand for another rule has its hit count zeroed.
+    cur_rules: BTreeMap<u32, crate::compiler::RuleRef>,
 }
 
 impl Datapath {
@@ -220,6 +223,7 @@ impl Datapath {
             cur_policy: BTreeMap::new(),
             fingerprints: BTreeMap::new(),
             adopt_after_first_apply: !incompatible.is_empty(),
+            cur_rules: BTreeMap::new(),
         };
         dp.read_current()?;
         dp.zero_rule_hits()?;
@@ -303,14 +307,35 @@ impl Datapath {
         Ok(out)
     }
 
-    /// New flows allowed per compiled rule id `0..=max_id` (index = id; ids past the map's
-    /// size read 0), summed over CPUs.
-    pub fn rule_hits(&self, max_id: usize) -> Result<Vec<u64>> {
-        let mut out = vec![0u64; max_id + 1];
-        for (id, n) in out.iter_mut().enumerate().take(RULE_HITS_MAX as usize).skip(1) {
-            *n = self.rule_hits.get(&(id as u32), 0).map_err(map_err("read rule hits"))?.iter().sum();
+    /// New flows allowed by compiled rule `id` (0 for ids past the map's size), summed over
+    /// CPUs.
+    pub fn rule_hits(&self, id: u32) -> Result<u64> {
+        if id >= RULE_HITS_MAX {
+            return Ok(0);
         }
-        Ok(out)
+        Ok(self.rule_hits.get(&id, 0).map_err(map_err("read rule hits"))?.iter().sum())
+    }
+
+    /// Zeroes the hit count of each rule id that now stands for another rule than at the last
+    /// apply (ids of rules gone are reused).
+    fn zero_reused_rule_ids(&mut self, rules: &BTreeMap<u32, crate::compiler::RuleRef>, stats: &mut ApplyStats) {
+        let cpus = match aya::util::nr_cpus() {
+            Ok(n) => n,
+            Err((_, e)) => return stats.errors.push(format!("count CPUs: {e}")),
+        };
+        for (id, rule) in rules {
+            let before = self.cur_rules.insert(*id, rule.clone());
+            if *id < RULE_HITS_MAX && before.is_some_and(|b| b != *rule) {
+                match aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
+                    Ok(zeros) => {
+                        if let Err(e) = self.rule_hits.set(*id, zeros, 0) {
+                            stats.errors.push(format!("zero hits of rule {id}: {e}"));
+                        }
+                    }
+                    Err(e) => stats.errors.push(format!("zero rule hits: {e}")),
+                }
+            }
+        }
     }
 
     /// Zeroes the rule hit counts: rule ids are this agent's own, so counts an earlier agent
@@ -393,6 +418,7 @@ impl Datapath {
     /// programs with BPF_PROG_TEST_RUN on top of it).
     pub fn apply_maps(&mut self, desired: &Desired, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>) -> ApplyStats {
         let mut stats = ApplyStats::default();
+        self.zero_reused_rule_ids(&desired.rules, &mut stats);
 
         // 0. Isolation that the new state lifts, first. The new state allows everything in that
         // direction, so lifting it early opens nothing the new state denies; done later, a peer

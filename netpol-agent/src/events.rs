@@ -237,7 +237,7 @@ pub struct Names {
     /// Pod addresses in the cluster to their pods.
     pub ips: HashMap<IpAddr, ObjectRef>,
     /// Compiled rule ids (from 1) to their rules.
-    pub rules: Vec<RuleRef>,
+    pub rules: std::collections::BTreeMap<u32, RuleRef>,
 }
 
 impl Names {
@@ -263,7 +263,7 @@ impl Names {
         let end_of = |k: &IpKey, p: u16| (parsed.then(|| ip_of(k, ev.ipv6 != 0)), (parsed && ports).then(|| u16::from_be(p)));
         let (src_ip, src_port) = end_of(&ev.src, ev.sport_be);
         let (dst_ip, dst_port) = end_of(&ev.dst, ev.dport_be);
-        let rule = (ev.verdict == VERDICT_ALLOWED && ev.rule != 0).then(|| self.rules.get(ev.rule as usize - 1)).flatten();
+        let rule = (ev.verdict == VERDICT_ALLOWED && ev.rule != 0).then(|| self.rules.get(&ev.rule)).flatten();
         let nanos = i128::from(ev.time_ns) + wall_offset_ns;
         let time = jiff::Timestamp::from_nanosecond(nanos).map_or_else(|_| nanos.to_string(), |t| t.to_string());
         VerdictRecord {
@@ -504,7 +504,7 @@ mod tests {
         Names {
             endpoints: HashMap::from([(7, a.clone())]),
             ips: HashMap::from([("198.18.0.2".parse().unwrap(), a), ("198.18.0.3".parse().unwrap(), b)]),
-            rules: vec![RuleRef { policy: "shop/db-from-frontend".into(), direction: Direction::Ingress, index: 1 }],
+            rules: [(1, RuleRef { policy: "shop/db-from-frontend".into(), direction: Direction::Ingress, index: 1 })].into(),
         }
     }
 

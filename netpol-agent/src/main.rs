@@ -54,6 +54,10 @@ enum Command {
         /// "would drop"s are always reported).
         #[arg(long)]
         events_allowed: bool,
+        /// Lint the cluster's policies at most every this many seconds and log new findings as
+        /// warnings (`netpol_agent::lint` target); 0: never.
+        #[arg(long, default_value_t = 30)]
+        lint_interval: u64,
     },
     /// Stream the verdicts of a running agent live: drops, audit "would drop"s and, on request,
     /// allowed new flows, with pod names and the policy rule that allowed each flow.
@@ -174,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             audit_namespaces,
             event_rate,
             events_allowed,
+            lint_interval,
         } => {
             let health_addr = match health_addr.as_str() {
                 "off" => None,
@@ -194,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                 health_addr,
                 audit_namespaces: audit_namespaces.into_iter().collect(),
                 events: netpol_agent::events::EventSettings { rate: event_rate, always_allowed: events_allowed },
+                lint_interval: (lint_interval > 0).then(|| Duration::from_secs(lint_interval)),
             }))
         }
         Command::Uninstall { pin_path } => {
