@@ -1,8 +1,8 @@
 //! What the agent reports about real traffic: per-pod packet counters by direction and reason
 //! move by exactly the packets sent; audit mode lets policy drops pass while counting them as
 //! "would drop"; `netpol-agent observe` streams an event for a real dropped connection with the
-//! right pod names (and, on request, for allowed flows, naming the policy rule); the rate limit
-//! suppresses and counts — on real namespaces with real packets.
+//! right pod names (and, on request, for allowed flows, naming the policy rule; in audit mode as
+//! "would drop"); the rate limit suppresses and counts — on real namespaces with real packets.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -124,8 +124,16 @@ fn audit_mode_lets_policy_drops_pass_and_counts_them_as_would_drop() {
     c.start_agent(0, &["--audit-namespace", "x"]).expect("agent");
     c.sync().expect("sync");
     let would_drop = get(&counters(&mut c), "ingress", "allow_audit");
+    let observer = Observer::start(&c.nodes[0].netns.clone(), &["--verdict", "audit"]);
 
     assert!(c.probe(("x", "c"), ("x", "a"), 80, Protocol::Tcp, false), "audit mode: x/c's connection opens");
+    let ev = observer
+        .wait_for(Duration::from_secs(5), |v| field(v, &["destination", "port"]) == 80)
+        .expect("a 'would drop' event for x/c's connection");
+    eprintln!("audit event: {ev}");
+    assert_eq!((ev["verdict"].as_str(), ev["reason"].as_str()), (Some("audit"), Some("drop_no_rule")), "reported as would drop, with the drop's reason");
+    assert_eq!((field(&ev, &["source", "pod"]).as_str(), ev["pod"].as_str()), (Some("x/c"), Some("x/a")));
+    drop(observer);
     assert_eq!(udp_flow(&c, "c", 5), 5, "audit mode: x/c's datagrams pass and are echoed");
     let after = counters(&mut c);
     let counted = get(&after, "ingress", "allow_audit") - would_drop;
