@@ -72,8 +72,9 @@ pub const MAP_RULE_HITS: &str = "NETPOL_RULE_HITS";
 
 /// Size in bytes of [`MAP_EVENTS`] (a power of two): about 14 000 events waiting.
 pub const EVENTS_BYTES: u32 = 1 << 20;
-/// Size of [`MAP_RULE_HITS`]: rule ids at or past it are not counted.
-pub const RULE_HITS_MAX: u32 = 65_536;
+/// Size of [`MAP_RULE_HITS`]: rule ids at or past it are not counted. The agent reuses the ids
+/// of rules gone, so ids stay below the number of rules with entries on the node.
+pub const RULE_HITS_MAX: u32 = 16_384;
 /// [`event_stat_index`] kind: the event was written to the ring buffer.
 pub const EVENT_STAT_SENT: u32 = 0;
 /// [`event_stat_index`] kind: the endpoint's budget for this second was spent; not sent.

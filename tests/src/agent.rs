@@ -70,6 +70,21 @@ impl Agent {
         Ok(Self { child, pin_path, status_file, log, manifests: manifests.to_path_buf(), keep_pins: false })
     }
 
+    /// A status written two syncs after now, so its counters were read after every packet sent
+    /// before the call. Fails after 15 s without two syncs.
+    pub fn status_after_two_syncs(&self) -> anyhow::Result<serde_json::Value> {
+        let before = self.status().and_then(|s| s["syncs"].as_u64()).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.status().unwrap_or_default();
+            if status["syncs"].as_u64().unwrap_or(0) >= before + 2 {
+                return Ok(status);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the agent did not sync twice in 15 s: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The last status the agent wrote, if any.
     pub fn status(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&std::fs::read(&self.status_file).ok()?).ok()

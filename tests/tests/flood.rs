@@ -91,19 +91,10 @@ fn flood(from: &str, to: Ipv4Addr, flows: usize) -> usize {
     .expect("netns")
 }
 
-/// The pod counters of the agent's status (`pod -> direction -> reason -> packets`), from a
-/// status written two syncs after now (so read after every packet sent before now).
+/// The pod counters of the agent's status (`pod -> direction -> reason -> packets`), read after
+/// every packet sent before now.
 fn counters(c: &mut Cluster) -> serde_json::Value {
-    let before = c.agent(0).status().and_then(|s| s["syncs"].as_u64()).unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = c.agent(0).status().expect("status");
-        if status["syncs"].as_u64().unwrap_or(0) >= before + 2 {
-            return status["packets"].clone();
-        }
-        assert!(Instant::now() < deadline, "the agent did not sync again: {status}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.agent(0).status_after_two_syncs().expect("status")["packets"].clone()
 }
 
 fn get(counters: &serde_json::Value, pod: &str, direction: &str, reason: &str) -> u64 {

@@ -46,19 +46,9 @@ fn udp_flow(c: &Cluster, from: &str, n: usize) -> usize {
     .expect("netns")
 }
 
-/// x/a's counters (`direction -> reason -> packets`) in a status written after now.
+/// x/a's counters (`direction -> reason -> packets`), read after every packet sent before now.
 fn counters(c: &mut Cluster) -> serde_json::Value {
-    let before = c.agent(0).status().and_then(|s| s["syncs"].as_u64()).unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = c.agent(0).status().expect("status");
-        // Two syncs later, the counters were read after the packets.
-        if status["syncs"].as_u64().unwrap_or(0) >= before + 2 {
-            return status["packets"]["x/a"].clone();
-        }
-        assert!(Instant::now() < deadline, "the agent did not sync again: {status}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.agent(0).status_after_two_syncs().expect("status")["packets"]["x/a"].clone()
 }
 
 fn get(counters: &serde_json::Value, direction: &str, reason: &str) -> u64 {
