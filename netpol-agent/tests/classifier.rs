@@ -387,3 +387,34 @@ fn an_allowed_flow_is_cut_when_its_policy_is_withdrawn() {
     assert_eq!(f.counter("drop_revoked"), 1);
     let _: IpAddr = A.parse().expect("addr");
 }
+
+#[test]
+fn fragment_tricks_and_icmp_errors_for_unknown_flows_are_dropped() {
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
+    let (b, a) = ([198, 18, 0, 11], [198, 18, 0, 10]);
+    let more = 0x2000;
+    // A tiny first fragment that splits the TCP header: the ports are not all there.
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 90, more, &[0x9c, 0x40])), DROP, "tiny first fragment");
+    // An allowed first fragment, then an overlapping one at offset 0 rewriting the port: it is a
+    // first fragment of its own and judged by its own ports.
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 91, more, &frame::l4(TCP, 40000, 80, true))), ALLOW);
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 91, more, &frame::l4(TCP, 40000, 81, true))), DROP, "overlap rewriting the port");
+    // A later fragment overlapping the header (offset 8 bytes) only follows an allowed first one.
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 92, 1, &[0u8; 16])), DROP, "later fragment of nothing");
+    // An IPv4 header with no L4 bytes at all (zero-length payload) for a port protocol.
+    assert_eq!(f.entering_pod(&frame::ipv4(b, a, TCP, 93, 0, &[])), DROP, "zero-length TCP");
+    // ICMP destination unreachable quoting a flow a never had: dropped; quoting a's tracked
+    // connection to b: passes as related.
+    let icmp_error = |quoted: Vec<u8>| {
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted[14..14 + 28]);
+        frame::ipv4(b, a, ICMP, 94, 0, &icmp)
+    };
+    let unknown = frame::ipv4(a, b, UDP, 1, 0, &frame::l4(UDP, 5000, 53, false));
+    assert_eq!(f.entering_pod(&icmp_error(unknown)), DROP, "an error about no flow");
+    let opened = frame::ipv4(b, a, TCP, 95, 0, &frame::l4(TCP, 41000, 80, true));
+    assert_eq!(f.entering_pod(&opened), ALLOW, "b opens a connection to a:80");
+    let reply = frame::ipv4(a, b, TCP, 96, 0, &frame::l4(TCP, 80, 41000, false));
+    assert_eq!(f.entering_pod(&icmp_error(reply)), ALLOW, "an error about a's reply to that connection");
+    assert_eq!(f.counter("allow_related"), 1);
+}
