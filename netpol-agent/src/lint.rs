@@ -558,7 +558,7 @@ impl<'a> Linter<'a> {
         }
         for pm in &rule.ports {
             match &pm.port {
-                PortSpec::All => out.extend(every().into_iter().filter(|(p, _)| *p == pm.protocol)),
+                PortSpec::All => out.extend(every().filter(|(p, _)| *p == pm.protocol)),
                 PortSpec::Range(lo, hi) => {
                     out.push((pm.protocol, *lo));
                     if hi != lo {
