@@ -8,9 +8,10 @@
 //! - a denied flow, probed again and again over TCP and UDP, never opens;
 //! - an allowed new flow keeps opening.
 //!
-//! Afterwards the conntrack map is full, and the agent's status counters show the flood
-//! (allow_policy at the flooding pod's egress and the peer's ingress moved by about the number
-//! of datagrams sent) and the denied probes (drop_no_rule at the denied pod's ingress).
+//! Afterwards the conntrack map is full, its fill metric (`netpol_map_entries{map="conntrack"}`)
+//! says so, and the agent's status counters show the flood (allow_policy at the flooding pod's
+//! egress and the peer's ingress moved by about the number of datagrams sent) and the denied
+//! probes (drop_no_rule at the denied pod's ingress).
 
 use std::{
     io::{Read as _, Write as _},
@@ -252,4 +253,34 @@ fn a_conntrack_flood_from_one_pod_evicts_without_opening_denied_flows() {
     // After the flood: the same answers.
     assert!(opens(&c, "e", "b", 80, Protocol::Tcp), "after the flood e still reaches b");
     assert!(!opens(&c, "c", "d", 80, Protocol::Tcp), "after the flood c still does not reach d");
+
+    // The pressure shows on /metrics: the conntrack fill gauge (counted every 10 s) near capacity.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let gauge = loop {
+        let text = scrape(&c.nodes[0].netns);
+        let gauge = text
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"netpol_map_entries{map="conntrack"} "#))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if gauge * 100 >= u64::from(ct_max) * 90 || Instant::now() > deadline {
+            break gauge;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("flood: netpol_map_entries{{map=\"conntrack\"}} {gauge} of {ct_max}");
+    assert!(gauge * 100 >= u64::from(ct_max) * 90, "the conntrack fill metric shows the flood: {gauge} of {ct_max}");
+}
+
+/// The agent's `/metrics`, fetched inside the node's network namespace.
+fn scrape(node: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    netns::within(node, || {
+        let mut s = TcpStream::connect(("127.0.0.1", 9790)).expect("connect to the metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    })
+    .expect("netns")
 }
