@@ -24,6 +24,19 @@ pub struct Agent {
     keep_pins: bool,
 }
 
+/// The `/metrics` text of the agent serving on its default health address in network namespace
+/// `node`.
+pub fn scrape_metrics(node: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    netns::within(node, || -> anyhow::Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", 9790)).context("connect to the metrics endpoint")?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").context("request")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).context("response")?;
+        Ok(out)
+    })?
+}
+
 /// The agent binary: `$NETPOL_AGENT_BIN`, or the workspace's release build.
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("NETPOL_AGENT_BIN")

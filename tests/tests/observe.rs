@@ -94,15 +94,7 @@ fn per_pod_counters_move_by_the_packets_sent() {
 
 /// The agent's `/metrics`, fetched inside the node's network namespace.
 fn scrape(node: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    netns::within(node, || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", 9790)).expect("connect to the metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("response");
-        out
-    })
-    .expect("netns")
+    netpol_sandbox::agent::scrape_metrics(node).expect("scrape /metrics")
 }
 
 #[test]

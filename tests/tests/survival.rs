@@ -22,6 +22,18 @@ fn three_pods() -> Cluster {
     c
 }
 
+/// Three pods with x/a admitting only x/b, the agent enforcing it, and an open connection from
+/// x/b to x/a; with the agent's pin path.
+fn enforcing_with_an_open_connection() -> (Cluster, std::path::PathBuf, netpol_sandbox::cluster::OpenConnection) {
+    let mut c = three_pods();
+    c.set_policies(&[admit("b")]).expect("write");
+    c.start_agent(0, &[]).expect("agent");
+    c.sync().expect("sync");
+    let pin = c.agent(0).pin_path.clone();
+    let held = c.open_connection(("x", "b"), ("x", "a")).expect("the connection opens");
+    (c, pin, held)
+}
+
 fn reaches_a(c: &Cluster, from: &str) -> bool {
     c.probe(("x", from), ("x", "a"), 80, Protocol::Tcp, false)
 }
@@ -31,12 +43,7 @@ fn a_killed_agent_leaves_enforcement_and_its_successor_adopts_it_and_converges()
     if !privileged() {
         return;
     }
-    let mut c = three_pods();
-    c.set_policies(&[admit("b")]).expect("write");
-    c.start_agent(0, &[]).expect("agent");
-    c.sync().expect("sync");
-    let pin = c.agent(0).pin_path.clone();
-    let mut held = c.open_connection(("x", "b"), ("x", "a")).expect("the connection opens");
+    let (mut c, pin, mut held) = enforcing_with_an_open_connection();
 
     // Crash: SIGKILL. Denied stays denied, allowed stays allowed, the open connection works.
     c.agent(0).keep_pins();
@@ -123,13 +130,8 @@ fn pins_of_an_incompatible_earlier_layout_are_replaced_without_opening_anything(
     if !privileged() {
         return;
     }
-    let mut c = three_pods();
-    c.set_policies(&[admit("b")]).expect("write");
-    c.start_agent(0, &[]).expect("agent");
-    c.sync().expect("sync");
-    let pin = c.agent(0).pin_path.clone();
+    let (mut c, pin, mut held) = enforcing_with_an_open_connection();
     let _cleanup = Uninstall(pin.clone());
-    let mut held = c.open_connection(("x", "b"), ("x", "a")).expect("the connection opens");
 
     // The earlier agent is gone; its programs still enforce through the pinned links, but the
     // pinned endpoint map now has another value size (32 bytes where this build has 40).
