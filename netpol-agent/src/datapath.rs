@@ -319,20 +319,11 @@ impl Datapath {
     /// Zeroes the hit count of each rule id that now stands for another rule than at the last
     /// apply (ids of rules gone are reused).
     fn zero_reused_rule_ids(&mut self, rules: &BTreeMap<u32, crate::compiler::RuleRef>, stats: &mut ApplyStats) {
-        let cpus = match aya::util::nr_cpus() {
-            Ok(n) => n,
-            Err((_, e)) => return stats.errors.push(format!("count CPUs: {e}")),
-        };
         for (id, rule) in rules {
             let before = self.cur_rules.insert(*id, rule.clone());
             if *id < RULE_HITS_MAX && before.is_some_and(|b| b != *rule) {
-                match aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
-                    Ok(zeros) => {
-                        if let Err(e) = self.rule_hits.set(*id, zeros, 0) {
-                            stats.errors.push(format!("zero hits of rule {id}: {e}"));
-                        }
-                    }
-                    Err(e) => stats.errors.push(format!("zero rule hits: {e}")),
+                if let Err(e) = zero_per_cpu(&mut self.rule_hits, *id) {
+                    stats.errors.push(format!("zero hits of rule {id}: {e}"));
                 }
             }
         }
@@ -341,40 +332,30 @@ impl Datapath {
     /// Zeroes the rule hit counts: rule ids are this agent's own, so counts an earlier agent
     /// left in the pinned map would be put on the wrong rules.
     fn zero_rule_hits(&mut self) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Fs { op: "count CPUs", path: "/sys/devices/system/cpu/possible".into(), source })?;
         for id in 0..RULE_HITS_MAX {
             let values = self.rule_hits.get(&id, 0).map_err(map_err("read rule hits"))?;
             if values.iter().any(|n| *n != 0) {
-                let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]).map_err(|source| DatapathError::Fs { op: "zero rule hits", path: MAP_RULE_HITS.into(), source })?;
-                self.rule_hits.set(id, zeros, 0).map_err(map_err("zero rule hits"))?;
+                zero_per_cpu(&mut self.rule_hits, id).map_err(|e| DatapathError::Fs {
+                    op: "zero rule hits",
+                    path: MAP_RULE_HITS.into(),
+                    source: std::io::Error::other(e),
+                })?;
             }
         }
         Ok(())
     }
 
-    /// Zeroes an endpoint slot's counters before a new endpoint takes it.
+    /// Zeroes an endpoint slot's packet and event counters before a new endpoint takes it.
     fn reset_slot(&mut self, slot: u32, stats: &mut ApplyStats) {
-        let cpus = match aya::util::nr_cpus() {
-            Ok(n) => n,
-            Err((_, e)) => return stats.errors.push(format!("count CPUs: {e}")),
-        };
         for reason in Reason::ALL {
             for direction in [DIR_INGRESS, DIR_EGRESS] {
-                let zeros = match aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
-                    Ok(z) => z,
-                    Err(e) => return stats.errors.push(format!("zero counters: {e}")),
-                };
-                if let Err(e) = self.counters.set(counter_index(slot, direction, reason as u32), zeros, 0) {
+                if let Err(e) = zero_per_cpu(&mut self.counters, counter_index(slot, direction, reason as u32)) {
                     stats.errors.push(format!("reset counters of slot {slot}: {e}"));
                 }
             }
         }
         for kind in 0..EVENT_STAT_KINDS {
-            let zeros = match aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
-                Ok(z) => z,
-                Err(e) => return stats.errors.push(format!("zero event counts: {e}")),
-            };
-            if let Err(e) = self.event_stats.set(event_stat_index(slot, kind), zeros, 0) {
+            if let Err(e) = zero_per_cpu(&mut self.event_stats, event_stat_index(slot, kind)) {
                 stats.errors.push(format!("reset event counts of slot {slot}: {e}"));
             }
         }
@@ -703,6 +684,13 @@ pub fn uninstall(pin_path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Sets every CPU's value at `index` of a per-CPU counter array to 0.
+fn zero_per_cpu(map: &mut PerCpuArray<MapData, u64>, index: u32) -> std::result::Result<(), String> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| format!("count CPUs: {e}"))?;
+    let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| format!("zero values: {e}"))?;
+    map.set(index, zeros, 0).map_err(|e| e.to_string())
 }
 
 /// The maps pinned under `pin_path` whose layout (type, key size, value size, capacity, flags)

@@ -213,11 +213,10 @@ impl Metrics {
     /// Adds what each kernel counter moved since the last call (a counter that went back —
     /// a pod's slot given to a new pod — starts again from its new value).
     pub fn packets_seen(&self, packets: &PodPackets) {
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (pod, directions) in packets {
+        let counts = packets.iter().flat_map(|(pod, directions)| {
             let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
-            for (direction, reasons) in directions {
-                for (reason, n) in reasons {
+            directions.iter().flat_map(move |(direction, reasons)| {
+                reasons.iter().map(move |(reason, n)| {
                     let drop = Reason::ALL.iter().any(|r| r.name() == *reason && r.is_drop());
                     let labels = PacketLabels {
                         namespace: namespace.to_string(),
@@ -226,12 +225,11 @@ impl Metrics {
                         reason: (*reason).to_string(),
                         verdict: if drop { "drop" } else { "allow" }.to_string(),
                     };
-                    let before = last.insert(labels.clone(), *n).unwrap_or(0);
-                    let moved = if *n >= before { n - before } else { *n };
-                    self.packets.get_or_create(&labels).inc_by(moved);
-                }
-            }
-        }
+                    (labels, *n)
+                })
+            })
+        });
+        add_moved(&self.packets, &self.last, counts);
     }
 
     /// The metrics in the Prometheus text format.
