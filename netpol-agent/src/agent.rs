@@ -254,7 +254,10 @@ fn sync(
         return Ok(false);
     };
     loaded.state.audit_namespaces.clone_from(&cfg.audit_namespaces);
-    let host_ips = if cfg.allow_host { netlink::local_addresses().context("list node addresses")? } else { Vec::new() };
+    // The node's addresses are in the ipcache whether or not the node may reach its pods: the
+    // classifier judges a pod's flows to them at once (they are delivered here, never leave
+    // through an interface where a deferred judgement could happen).
+    let host_ips = netlink::local_addresses().context("list node addresses")?;
     if !*seeded {
         // Keep the endpoint ids an earlier agent gave (by pod address), so conntrack entries
         // of open connections stay valid across a restart.
@@ -267,7 +270,14 @@ fn sync(
     }
     let desired = compiler.compile(&loaded.state, &CompileOptions { node: cfg.node.clone(), host_ips, allow_host: cfg.allow_host });
     let interfaces = find_interfaces(&desired).context("find pod interfaces")?;
-    let stats = datapath.apply(&desired, &interfaces);
+    let exits = netlink::list_ethernet_interfaces().context("list interfaces")?;
+    let mut stats = datapath.apply_exits(&exits);
+    let pods = datapath.apply(&desired, &interfaces);
+    stats.writes += pods.writes;
+    stats.deletes += pods.deletes;
+    stats.attached += pods.attached;
+    stats.detached += pods.detached;
+    stats.errors.extend(pods.errors);
 
     for p in &loaded.problems {
         if !status.problems.contains(p) {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -24,7 +24,7 @@ use aya::{
 use netpol_common::{
     counter_index, COUNTER_SLOTS, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
     EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_PEER_RULES,
-    MAP_POLICY, MAP_PORT_RULES, MAP_EVENT_STATS, MAP_RULE_HITS, event_stat_index, EVENT_STAT_KINDS, RULE_HITS_MAX,
+    MAP_POLICY, MAP_PORT_RULES, MAP_EVENT_STATS, MAP_RULE_HITS, MAP_SLOTS, event_stat_index, EVENT_STAT_KINDS, RULE_HITS_MAX,
 };
 
 use crate::{
@@ -39,6 +39,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_FROM_POD: &str = "netpol_from_pod";
 /// Program on the host veth's TCX egress: traffic to the pod (its ingress policy).
 pub const PROG_TO_POD: &str = "netpol_to_pod";
+/// Program on the TCX egress of every Ethernet interface of the node (pod veths included):
+/// judges the packets whose egress judgement a pod's veth deferred until after NAT.
+pub const PROG_EXIT: &str = "netpol_exit";
 /// A program that only returns "next": the benchmarks' floor, never attached.
 pub const PROG_NOOP: &str = "netpol_noop";
 
@@ -147,6 +150,8 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     event_stats: PerCpuArray<MapData, u64>,
     rule_hits: PerCpuArray<MapData, u64>,
+    /// `MAP_SLOTS`: written with every endpoint.
+    slots: Array<MapData, u32>,
     cur_endpoints: BTreeMap<u32, EndpointInfo>,
     cur_ipcache: BTreeMap<IpKey, u32>,
     cur_cidrs: BTreeMap<CidrKey, u32>,
@@ -185,7 +190,7 @@ impl Datapath {
             .default_map_pin_directory(pin_path)
             .load(EBPF_OBJECT)
             .map_err(|source| DatapathError::Load { path: pin_path.to_path_buf(), source: Box::new(source) })?;
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_NOOP] {
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_EXIT, PROG_NOOP] {
             program(&mut ebpf, name)?.load().map_err(prog_err(format!("load program {name}")))?;
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
@@ -203,6 +208,7 @@ impl Datapath {
         let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
         let event_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_EVENT_STATS)?).map_err(map_err(MAP_EVENT_STATS))?;
         let rule_hits = PerCpuArray::try_from(take(&mut ebpf, MAP_RULE_HITS)?).map_err(map_err(MAP_RULE_HITS))?;
+        let slots = Array::try_from(take(&mut ebpf, MAP_SLOTS)?).map_err(map_err(MAP_SLOTS))?;
         let mut dp = Self {
             ebpf,
             links_dir,
@@ -215,6 +221,7 @@ impl Datapath {
             counters,
             event_stats,
             rule_hits,
+            slots,
             cur_endpoints: BTreeMap::new(),
             cur_ipcache: BTreeMap::new(),
             cur_cidrs: BTreeMap::new(),
@@ -520,6 +527,12 @@ impl Datapath {
     }
 
     fn write_endpoint(&mut self, ifindex: u32, info: EndpointInfo, stats: &mut ApplyStats) {
+        // The slot's interface first: a deferred packet of this endpoint finds it at once.
+        if info.slot != 0 {
+            if let Err(e) = self.slots.set(info.slot, ifindex, 0) {
+                stats.errors.push(format!("write slot {} of ifindex {ifindex}: {e}", info.slot));
+            }
+        }
         match self.endpoints.insert(ifindex, info, 0) {
             Ok(()) => {
                 self.cur_endpoints.insert(ifindex, info);
@@ -531,6 +544,63 @@ impl Datapath {
 
     fn link_pin(&self, ifindex: u32, program: &str) -> PathBuf {
         self.links_dir.join(format!("{ifindex}-{program}"))
+    }
+
+    fn exit_pin(&self, ifindex: u32) -> PathBuf {
+        self.links_dir.join(format!("exit-{ifindex}"))
+    }
+
+    /// Interfaces with a pinned [`PROG_EXIT`] link (by ifindex).
+    fn pinned_exits(&self) -> BTreeSet<u32> {
+        std::fs::read_dir(&self.links_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("exit-")?.parse().ok())
+            .collect()
+    }
+
+    /// Attaches [`PROG_EXIT`] to the TCX egress of every interface in `interfaces` that has
+    /// none yet (pinned, like the pods' links), and unpins the links of interfaces gone. Run
+    /// before [`Datapath::apply`] attaches a pod's classifiers, so that no packet they defer
+    /// leaves unjudged.
+    pub fn apply_exits(&mut self, interfaces: &[crate::netlink::EthernetInterface]) -> ApplyStats {
+        let mut stats = ApplyStats::default();
+        let pinned = self.pinned_exits();
+        for iface in interfaces.iter().filter(|i| !pinned.contains(&i.ifindex)) {
+            let pin = self.exit_pin(iface.ifindex);
+            let attached = (|| -> Result<()> {
+                let prog = program(&mut self.ebpf, PROG_EXIT)?;
+                let id = prog.attach(&iface.name, TcAttachType::Egress).map_err(prog_err(format!("attach {PROG_EXIT} to {}", iface.name)))?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(prog_err(format!("take link of {PROG_EXIT} on {}", iface.name)))?
+                    .try_into()
+                    .map_err(|e| DatapathError::Link { op: format!("link of {PROG_EXIT} on {}", iface.name), source: Box::new(e) })?;
+                link.pin(&pin).map_err(|source| DatapathError::Pin { path: pin.clone(), source: Box::new(source) })?;
+                Ok(())
+            })();
+            match attached {
+                Ok(()) => stats.attached += 1,
+                // An interface that went away meanwhile is no error.
+                Err(e) if crate::netlink::list_ethernet_interfaces().is_ok_and(|now| !now.contains(iface)) => {
+                    tracing::debug!(interface = %iface.name, error = %e, "interface gone before its exit link was attached");
+                }
+                Err(e) => stats.errors.push(format!("attach {PROG_EXIT} to {}: {e}", iface.name)),
+            }
+        }
+        let wanted: BTreeSet<u32> = interfaces.iter().map(|i| i.ifindex).collect();
+        for ifindex in pinned.difference(&wanted) {
+            // The interface is gone (and its link with it); only the pin is left.
+            let pin = self.exit_pin(*ifindex);
+            let _ = detach_pinned_link(&pin);
+            if let Err(e) = std::fs::remove_file(&pin) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    stats.errors.push(format!("unpin {}: {e}", pin.display()));
+                }
+            }
+            stats.detached += 1;
+        }
+        stats
     }
 
     /// Interfaces with pinned links (by ifindex).
@@ -565,19 +635,19 @@ impl Datapath {
             // Deferred to the first apply: the new maps are still empty.
             return errors;
         }
-        for ifindex in self.pinned_links() {
-            for name in [PROG_TO_POD, PROG_FROM_POD] {
-                let pin = self.link_pin(ifindex, name);
-                let result = PinnedLink::from_pin(&pin)
-                    .map_err(|e| format!("open {}: {e}", pin.display()))
-                    .and_then(|pinned| {
-                        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| format!("{}: {e}", pin.display()))?;
-                        let prog = program(&mut self.ebpf, name).map_err(|e| e.to_string())?;
-                        prog.attach_to_link(link).map(|_| ()).map_err(|e| format!("update {}: {e}", pin.display()))
-                    });
-                if let Err(e) = result {
-                    errors.push(e);
-                }
+        let pod_links = self.pinned_links().into_iter().flat_map(|i| [(i, PROG_TO_POD), (i, PROG_FROM_POD)]);
+        let exit_links = self.pinned_exits().into_iter().map(|i| (i, PROG_EXIT));
+        for (ifindex, name) in pod_links.chain(exit_links).collect::<Vec<_>>() {
+            let pin = if name == PROG_EXIT { self.exit_pin(ifindex) } else { self.link_pin(ifindex, name) };
+            let result = PinnedLink::from_pin(&pin)
+                .map_err(|e| format!("open {}: {e}", pin.display()))
+                .and_then(|pinned| {
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| format!("{}: {e}", pin.display()))?;
+                    let prog = program(&mut self.ebpf, name).map_err(|e| e.to_string())?;
+                    prog.attach_to_link(link).map(|_| ()).map_err(|e| format!("update {}: {e}", pin.display()))
+                });
+            if let Err(e) = result {
+                errors.push(e);
             }
         }
         errors

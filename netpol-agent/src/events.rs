@@ -337,6 +337,7 @@ pub fn explanation(reason: Reason) -> &'static str {
         Reason::DropNonIp => "a non-IP protocol into or out of an isolated pod",
         Reason::AllowRelated => "an ICMP error about an allowed connection",
         Reason::AllowAudit => "audit mode: policy would drop it",
+        Reason::PassDeferred => "judged where it leaves the node, after NAT (a Service address or outside the cluster)",
     }
 }
 

@@ -12,7 +12,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -165,6 +165,37 @@ pub fn list_veths() -> Result<Vec<Veth>, NetlinkError> {
         }
     }
     Ok(veths)
+}
+
+/// An interface of this namespace with an Ethernet link layer: where a packet whose egress
+/// judgement was deferred until after NAT can leave the node (or reach a local pod).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EthernetInterface {
+    /// Interface index.
+    pub ifindex: u32,
+    /// Interface name.
+    pub name: String,
+}
+
+/// Lists this namespace's Ethernet interfaces (physical, bridges, VXLAN, veths; not loopback
+/// or layer-3 tunnels).
+pub fn list_ethernet_interfaces() -> Result<Vec<EthernetInterface>, NetlinkError> {
+    let socket = open("list interfaces")?;
+    let links = dump(&socket, "list interfaces", RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+    Ok(links
+        .into_iter()
+        .filter_map(|m| {
+            let RouteNetlinkMessage::NewLink(link) = m else { return None };
+            if link.header.link_layer_type != LinkLayerType::Ether {
+                return None;
+            }
+            let name = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })?;
+            Some(EthernetInterface { ifindex: link.header.index, name })
+        })
+        .collect())
 }
 
 /// Addresses configured on this namespace's own interfaces (the node's addresses).

@@ -69,6 +69,42 @@ pub const MAP_EVENT_STATS: &str = "NETPOL_EVENT_STATS";
 /// classifier found first, ids below [`RULE_HITS_MAX`]). Written by the classifier; read by the
 /// agent, which knows each id's policy and rule, for the per-policy hit counts.
 pub const MAP_RULE_HITS: &str = "NETPOL_RULE_HITS";
+/// Name of the array `slot -> ifindex`: the interface of the endpoint holding each counter slot.
+/// Written by the agent with every endpoint it writes; read by the classifiers that judge a
+/// deferred egress flow after the node's NAT ([`defer_mark`]), to find the pod it came from.
+/// A stale entry is harmless: the endpoint found must still hold the slot.
+pub const MAP_SLOTS: &str = "NETPOL_SLOTS";
+
+/// The packet-mark bits ([`MARK_DEFER_MASK`]) that say "this packet left a local pod whose
+/// egress is judged where it leaves the node, after NAT": the magic value [`MARK_DEFER_MAGIC`] in
+/// bits 25-27 and the pod's endpoint slot in bits 16-24. Set by the classifier on a pod's veth for
+/// new flows to addresses that are neither pods nor the node (a Service's ClusterIP, which
+/// kube-proxy rewrites to a backend in the node's namespace after that hook, or an outside
+/// address); read and cleared by the classifier on the interface the packet leaves through (a
+/// pod's veth or one of the node's own interfaces). Bits 0-15 (kube-proxy's 0x4000 and 0x8000)
+/// and 28-31 are left alone.
+pub const MARK_DEFER_MASK: u32 = 0x0fff_0000;
+/// See [`MARK_DEFER_MASK`].
+pub const MARK_DEFER_MAGIC: u32 = 0x0a00_0000;
+const MARK_DEFER_MAGIC_MASK: u32 = 0x0e00_0000;
+const MARK_SLOT_SHIFT: u32 = 16;
+const MARK_SLOT_MASK: u32 = 0x01ff;
+
+/// `mark` with the deferral bits of endpoint slot `slot` (below [`COUNTER_SLOTS`]) set.
+#[inline(always)]
+pub const fn defer_mark(mark: u32, slot: u32) -> u32 {
+    (mark & !MARK_DEFER_MASK) | MARK_DEFER_MAGIC | ((slot & MARK_SLOT_MASK) << MARK_SLOT_SHIFT)
+}
+
+/// The endpoint slot a packet's egress judgement was deferred for, if `mark` says so.
+#[inline(always)]
+pub const fn deferred_slot(mark: u32) -> Option<u32> {
+    if mark & MARK_DEFER_MAGIC_MASK == MARK_DEFER_MAGIC {
+        Some((mark >> MARK_SLOT_SHIFT) & MARK_SLOT_MASK)
+    } else {
+        None
+    }
+}
 
 /// Size in bytes of [`MAP_EVENTS`] (a power of two): about 14 000 events waiting.
 pub const EVENTS_BYTES: u32 = 1 << 20;
@@ -485,8 +521,10 @@ pub struct CtValue {
     /// or any other protocol's packet) is judged again as new — so the other end's next
     /// segment cannot reopen the connection as a new flow of its own.
     pub revoked: u8,
-    /// Explicit padding.
-    pub _pad: u8,
+    /// Non-zero: the flow left the pod towards an address that is neither a pod nor the node, and
+    /// its egress is judged where it leaves the node, after NAT ([`defer_mark`]); this entry
+    /// (of the address the pod sent to) only lets the replies in and marks the pod's packets.
+    pub deferred: u8,
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 8);
 
@@ -559,10 +597,13 @@ pub enum Reason {
     AllowRelated = 15,
     /// Allowed: the endpoint is in audit mode and policy would have dropped the packet.
     AllowAudit = 16,
+    /// Passed on: a new flow (or a packet of one) to an address that is neither a pod nor the
+    /// node; the pod's egress policy judges it where it leaves the node, after NAT.
+    PassDeferred = 17,
 }
 
 /// Number of [`Reason`] values (counters per endpoint slot and direction in [`MAP_COUNTERS`]).
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     /// Every reason, in counter-index order.
@@ -584,6 +625,7 @@ impl Reason {
         Reason::DropNonIp,
         Reason::AllowRelated,
         Reason::AllowAudit,
+        Reason::PassDeferred,
     ];
 
     /// A short snake_case name for logs and metrics.
@@ -606,6 +648,7 @@ impl Reason {
             Reason::DropNonIp => "drop_non_ip",
             Reason::AllowRelated => "allow_related",
             Reason::AllowAudit => "allow_audit",
+            Reason::PassDeferred => "pass_deferred",
         }
     }
 

@@ -37,10 +37,11 @@ pub fn flow_key(endpoint: u32, protocol: u8, src: &IpKey, sport_be: u16, dst: &I
     (key, src_is_a)
 }
 
-/// Records a newly allowed flow, opened by the packet whose source is `a` when `src_is_a`.
+/// Records a newly allowed flow, opened by the packet whose source is `a` when `src_is_a`;
+/// `deferred` (1) when its egress is judged after the node's NAT ([`CtValue::deferred`]).
 #[inline(always)]
-pub fn track(key: &CtKey, src_is_a: bool, direction: u8, generation: u32) {
-    let value = CtValue { generation, direction, origin: if src_is_a { CT_ORIGIN_A } else { CT_ORIGIN_B }, revoked: 0, _pad: 0 };
+pub fn track(key: &CtKey, src_is_a: bool, direction: u8, generation: u32, deferred: u8) {
+    let value = CtValue { generation, direction, origin: if src_is_a { CT_ORIGIN_A } else { CT_ORIGIN_B }, revoked: 0, deferred };
     // A full LRU map evicts the oldest entry; a failed insert only means the next packet of the
     // flow is judged by policy again, which never opens anything policy denies.
     let _ = CONNTRACK.insert(key, &value, 0);

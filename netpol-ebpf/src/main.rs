@@ -5,6 +5,7 @@
 #![no_main]
 
 mod conntrack;
+mod deferred;
 mod events;
 mod maps;
 mod parse;
@@ -34,6 +35,18 @@ pub fn netpol_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn netpol_to_pod(ctx: TcContext) -> i32 {
     verdict(&ctx, DIR_INGRESS)
+}
+
+/// TCX egress of every interface of the node (pods' veths included): packets leaving through
+/// it whose egress judgement a pod's veth deferred until after the node's NAT ([`deferred`]).
+/// Every other packet goes on after one mark check.
+#[classifier]
+pub fn netpol_exit(ctx: TcContext) -> i32 {
+    if deferred::denied(&ctx) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
+    }
 }
 
 /// A classifier that only lets packets go on: the floor the benchmarks measure netpol's cost
@@ -72,7 +85,7 @@ fn verdict(ctx: &TcContext, direction: u8) -> i32 {
 
 /// Counts one packet of endpoint slot `slot` in `direction` under `reason`.
 #[inline(always)]
-fn count(slot: u32, direction: u8, reason: Reason) {
+pub(crate) fn count(slot: u32, direction: u8, reason: Reason) {
     if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(slot, direction, reason as u32)) {
         // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };
@@ -122,6 +135,14 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
     if let Some(ct) = maps::CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer for the duration of the program.
         let ct = unsafe { &mut *ct };
+        if ct.deferred != 0 {
+            // Judged where the packet leaves the node; replies pass like any tracked flow's.
+            if from_pod {
+                deferred::mark(ctx, ep);
+                return (Reason::PassDeferred, NONE);
+            }
+            return (Reason::AllowEstablished, NONE);
+        }
         if ct.generation != ep.generation {
             // The endpoint's policy changed since the flow was allowed: check it again as the
             // flow was opened (same direction, the original destination port).
@@ -139,6 +160,12 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
         }
     }
 
+    if from_pod && isolated && deferred::judged_after_nat(ep, peer) {
+        conntrack::track(&key, src_is_a, direction, ep.generation, 1);
+        remember_first_fragment(ep, p);
+        deferred::mark(ctx, ep);
+        return (Reason::PassDeferred, NONE);
+    }
     let rule = policy::allows(ep, direction, peer, p.protocol, p.dport_be);
     let reason = if !isolated {
         Reason::AllowNotIsolated
@@ -148,7 +175,7 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
     } else {
         return (Reason::DropNoRule, NONE);
     };
-    conntrack::track(&key, src_is_a, direction, ep.generation);
+    conntrack::track(&key, src_is_a, direction, ep.generation, 0);
     remember_first_fragment(ep, p);
     (reason, rule)
 }
@@ -195,7 +222,7 @@ fn advertises_own_address(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> boo
 /// Whether the packet may open a flow: a TCP SYN without ACK, or a packet of another protocol.
 /// A cold path (only for tombstoned flows), so the TCP flags are read only here.
 #[inline(never)]
-fn opens_flow(ctx: &TcContext, p: &Packet) -> bool {
+pub(crate) fn opens_flow(ctx: &TcContext, p: &Packet) -> bool {
     if p.protocol != parse::IPPROTO_TCP {
         return true;
     }

@@ -71,3 +71,7 @@ pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(EVENT_STATS_LEN, 
 /// New flows allowed per compiled rule id (`netpol_common::MAP_RULE_HITS`).
 #[map(name = "NETPOL_RULE_HITS")]
 pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(RULE_HITS_MAX, 0);
+
+/// Endpoint slot -> ifindex of its veth (`netpol_common::MAP_SLOTS`).
+#[map(name = "NETPOL_SLOTS")]
+pub static SLOTS: Array<u32> = Array::pinned(COUNTER_SLOTS, 0);

@@ -472,26 +472,45 @@ fn through_service_many(client: &str, node: &str) -> ServiceRun {
 }
 
 #[test]
-#[ignore = "data path: egress is judged at the client's veth on the ClusterIP, before kube-proxy's DNAT: no connection through it \
-            opens, and with an ipBlock of the ClusterIP the denied backend opens too; see the report printed"]
 fn connections_through_a_clusterip_open_only_to_the_backend_the_clients_egress_allows() {
     if !privileged() {
         return;
     }
+    // Node 0 has a bridge, node 1 routed veths. Both backends on the other node: the DNATed
+    // connections leave through the node's uplink.
+    through_clusterip(0, 1, 1);
+}
+
+#[test]
+fn a_clusterip_backend_on_the_clients_own_node_is_judged_by_the_clients_egress_too() {
+    if !privileged() {
+        return;
+    }
+    // The denied backend on the client's bridge, the allowed one across the underlay; then a
+    // routed client with the allowed backend beside it and the denied one across.
+    through_clusterip(0, 1, 0);
+    through_clusterip(1, 1, 0);
+}
+
+/// A client on node `client`, the allowed backend on node `allowed` and the denied one on node
+/// `denied`, kube-proxy's rules for a ClusterIP in front of both on the client's node; the
+/// client's egress policy allows only the allowed backend.
+fn through_clusterip(client_node: usize, allowed_node: usize, denied_node: usize) {
     let mut c = Cluster::new(&[Shape::Bridge, Shape::Routed]).expect("nodes");
     c.connect_nodes().expect("underlay");
     c.namespace("x", &[("ns", "x")]).expect("namespace");
-    c.add_pod(0, "x", "client", &[("pod", "client")], PORTS).expect("pod");
-    c.add_pod(1, "x", "allowed", &[("pod", "backend"), ("tier", "allowed")], PORTS).expect("pod");
-    c.add_pod(1, "x", "denied", &[("pod", "backend"), ("tier", "denied")], PORTS).expect("pod");
+    c.add_pod(client_node, "x", "client", &[("pod", "client")], PORTS).expect("pod");
+    c.add_pod(allowed_node, "x", "allowed", &[("pod", "backend"), ("tier", "allowed")], PORTS).expect("pod");
+    c.add_pod(denied_node, "x", "denied", &[("pod", "backend"), ("tier", "denied")], PORTS).expect("pod");
     c.start_agent(0, &[]).expect("agent on node 0");
     c.start_agent(1, &[]).expect("agent on node 1");
     c.sync().expect("sync");
+    eprintln!("client on node {client_node}, x/allowed on node {allowed_node}, x/denied on node {denied_node}");
 
     // kube-proxy's rules in the client's node, as iptables mode writes them (nth instead of
     // random, so the split is exact: new connections alternate between the endpoints). The
     // client's default route (via its node) covers the ClusterIP.
-    let node = c.nodes[0].netns.clone();
+    let node = c.nodes[client_node].netns.clone();
     let (allowed, denied) = (c.pod("x", "allowed").ipv4.to_string(), c.pod("x", "denied").ipv4.to_string());
     let ip = CLUSTER_IP.to_string();
     for rule in [

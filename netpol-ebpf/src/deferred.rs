@@ -1,0 +1,99 @@
+//! Egress judged after the node's NAT. kube-proxy rewrites a Service's ClusterIP to a backend
+//! pod in the node's namespace, after the classifier on the client's veth has run: judged there,
+//! a flow to a ClusterIP would be judged against the ClusterIP, not the pod it reaches. So a new
+//! flow from an egress-isolated pod to an address that is neither a pod nor the node is passed on
+//! with the pod's endpoint slot in the packet mark ([`netpol_common::defer_mark`]), and judged by
+//! the pod's egress policy where it leaves the node — on the veth of the pod it reaches, or on
+//! one of the node's own interfaces — with the address it really goes to.
+
+use aya_ebpf::programs::TcContext;
+use netpol_common::{deferred_slot, defer_mark, EndpointInfo, IpKey, Reason, DIR_EGRESS, EP_AUDIT, MARK_DEFER_MASK};
+
+use crate::{
+    conntrack, count, events,
+    maps::{CONNTRACK, ENDPOINTS, IPCACHE, SLOTS},
+    opens_flow, parse, policy,
+};
+
+/// Whether a new flow from a pod to `peer` is judged after NAT: the peer is not in the ipcache
+/// (neither a pod nor one of the node's own addresses, which are delivered here and never leave
+/// through an interface), and the endpoint has a slot to name it by in the mark.
+#[inline(always)]
+pub fn judged_after_nat(ep: &EndpointInfo, peer: &IpKey) -> bool {
+    // SAFETY: only checked for presence.
+    ep.slot != 0 && unsafe { IPCACHE.get(peer) }.is_none()
+}
+
+/// Marks the packet as leaving endpoint `ep` with its egress judgement deferred.
+#[inline(always)]
+pub fn mark(ctx: &TcContext, ep: &EndpointInfo) {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark(defer_mark(mark, ep.slot));
+}
+
+/// For a packet leaving through this interface: if its egress judgement was deferred, clears
+/// the mark and judges it by the egress policy of the pod it came from, with the addresses it
+/// has now. Whether to drop it.
+#[inline(always)]
+pub fn denied(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    let Some(slot) = deferred_slot(mark) else { return false };
+    ctx.set_mark(mark & !MARK_DEFER_MASK);
+    // SAFETY: copied out at once.
+    let Some(ifindex) = SLOTS.get(slot).copied() else { return true };
+    // SAFETY: the agent replaces endpoint values whole.
+    let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
+        Some(ep) if ep.slot == slot => *ep,
+        _ => {
+            // The pod left (its slot is free or another's): nothing can judge its flow.
+            count(0, DIR_EGRESS, Reason::DropNoRule);
+            return true;
+        }
+    };
+    let (reason, rule) = judge(ctx, &ep);
+    let audit = ep.flags & EP_AUDIT != 0 && reason.is_policy_drop();
+    match reason {
+        Reason::AllowEstablished => return false,
+        Reason::AllowPolicy | Reason::AllowNotIsolated => events::count_rule_hit(rule),
+        _ => {}
+    }
+    count(ep.slot, DIR_EGRESS, if audit { Reason::AllowAudit } else { reason });
+    if reason.is_drop() || reason == Reason::AllowPolicy {
+        let parsed = parse::parse(ctx);
+        events::report(&ep, DIR_EGRESS, reason, rule, parsed.as_ref().ok());
+    }
+    reason.is_drop() && !audit
+}
+
+/// The egress verdict of endpoint `ep` on a deferred packet, with the rule that allowed a new
+/// flow; conntrack entries are kept on the endpoint as for any flow, under the addresses after
+/// NAT.
+#[inline(always)]
+fn judge(ctx: &TcContext, ep: &EndpointInfo) -> (Reason, u32) {
+    const NONE: u32 = policy::DENIED;
+    let Ok(p) = parse::parse(ctx) else { return (Reason::DropMalformed, NONE) };
+    let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: a valid map value pointer for the duration of the program.
+        let ct = unsafe { &mut *ct };
+        if ct.generation != ep.generation {
+            let dport = if conntrack::is_forward(ct, src_is_a) { p.dport_be } else { p.sport_be };
+            ct.generation = ep.generation;
+            ct.revoked = u8::from(policy::allows(ep, DIR_EGRESS, &p.dst, p.protocol, dport) == policy::DENIED);
+        }
+        if ct.revoked == 0 {
+            return (Reason::AllowEstablished, NONE);
+        }
+        if !opens_flow(ctx, &p) {
+            return (Reason::DropRevoked, NONE);
+        }
+    }
+    let rule = policy::allows(ep, DIR_EGRESS, &p.dst, p.protocol, p.dport_be);
+    if rule == policy::DENIED {
+        return (Reason::DropNoRule, NONE);
+    }
+    conntrack::track(&key, src_is_a, DIR_EGRESS, ep.generation, 0);
+    (if policy::isolated(ep, DIR_EGRESS) { Reason::AllowPolicy } else { Reason::AllowNotIsolated }, rule)
+}
