@@ -61,6 +61,8 @@ pub struct RunConfig {
     /// Lint the cluster state at most this often, logging new findings as warnings (none: no
     /// linting in the agent).
     pub lint_interval: Option<Duration>,
+    /// Where to serve the CNI chain plugin (none: no plugin; new pods are found by their veth).
+    pub cni_socket: Option<PathBuf>,
 }
 
 /// What the agent reports after each sync (the `--status-file`).
@@ -78,6 +80,9 @@ pub struct Status {
     pub local_pods: Vec<String>,
     /// Local pods whose veth carries the classifiers.
     pub attached: Vec<String>,
+    /// Local pods enforced after this sync (endpoint entry written, classifiers linked), with
+    /// their veth.
+    pub enforcing: BTreeMap<String, String>,
     /// Objects left out, and why.
     pub problems: Vec<Problem>,
     /// Data-path failures of the last sync.
@@ -105,7 +110,12 @@ enum Trigger {
     Manifests,
     Api,
     Links,
+    Cni,
 }
+
+/// How long a CNI ADD may wait for its pod to be enforced (the plugin's own timeout is usually
+/// shorter).
+const CNI_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the agent until SIGINT or SIGTERM. Enforcement stays in place when it stops.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
@@ -174,6 +184,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         })
         .context("start link event thread")?;
 
+    let cni_pods = Arc::new(crate::cni_server::CniPods::default());
+    let (enforced_tx, enforced_rx) = tokio::sync::watch::channel(crate::cni_server::Enforced::default());
+    let cni_task = match &cfg.cni_socket {
+        Some(socket) => {
+            let cni_tx = tx.clone();
+            let resync: crate::cni_server::Resync = Arc::new(move || {
+                let _ = cni_tx.try_send(Trigger::Cni);
+            });
+            Some(crate::cni_server::serve(socket, cni_pods.clone(), resync, enforced_rx, CNI_WAIT).await?)
+        }
+        None => None,
+    };
+
     let mut compiler = Compiler::new();
     let mut status = Status::default();
     let mut seeded = false;
@@ -198,8 +221,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         let started = Instant::now();
         next_sync = tokio::time::Instant::now() + cfg.resync;
-        match sync(&cfg, &source, &mut compiler, &mut datapath, &mut status, &mut seeded, event_hub.as_deref()) {
+        match sync(&cfg, &source, &cni_pods, &mut compiler, &mut datapath, &mut status, &mut seeded, event_hub.as_deref()) {
             Ok(true) => {
+                enforced_tx.send_replace(crate::cni_server::Enforced {
+                    syncs: status.syncs,
+                    pods: status.enforcing.clone(),
+                    known: status.local_pods.iter().cloned().collect(),
+                });
                 metrics.synced(noticed.elapsed().as_secs_f64(), &status);
                 if !ready.swap(true, Ordering::Relaxed) {
                     info!("first complete state programmed; ready");
@@ -236,14 +264,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         t.abort();
     }
     drop(conntrack_counter);
+    if let Some(t) = cni_task {
+        t.abort();
+    }
     Ok(())
 }
 
 /// One level-triggered sync. `Ok(false)` when the source has no complete snapshot yet, so
 /// nothing was programmed.
+#[allow(clippy::too_many_arguments)]
 fn sync(
     cfg: &RunConfig,
     source: &Source,
+    cni_pods: &crate::cni_server::CniPods,
     compiler: &mut Compiler,
     datapath: &mut Datapath,
     status: &mut Status,
@@ -254,6 +287,7 @@ fn sync(
         return Ok(false);
     };
     loaded.state.audit_namespaces.clone_from(&cfg.audit_namespaces);
+    cni_pods.merge_into(&mut loaded.state, &cfg.node);
     // The node's addresses are in the ipcache whether or not the node may reach its pods: the
     // classifier judges a pod's flows to them at once (they are delivered here, never leave
     // through an interface where a deferred judgement could happen).
@@ -314,6 +348,11 @@ fn sync(
     status.syncs += 1;
     status.local_pods = desired.endpoints.keys().map(ToString::to_string).collect();
     status.attached = interfaces.keys().map(ToString::to_string).collect();
+    status.enforcing = interfaces
+        .iter()
+        .filter(|(_, iface)| datapath.is_enforcing(iface.ifindex))
+        .map(|(pod, iface)| (pod.to_string(), iface.name.clone()))
+        .collect();
     status.problems = loaded.problems;
     status.errors = stats.errors;
     status.packets = pod_counters(datapath, &interfaces);

@@ -1774,8 +1774,13 @@ spec:
 fn pods_without_ips_on_the_host_network_or_finished_take_no_part_in_policy() {
     let base = pod("a", "p").label("pod", "p").ip("198.18.0.60");
     assert!(pod_from_k8s(&base.k8s(), "default").expect("valid").is_some());
+    // A pod without IPs yet is kept apart, for its addresses to come (from CNI or the API).
+    let waiting = pod_from_k8s(&pod("a", "p").k8s(), "default").expect("valid").expect("a pod");
+    assert!(waiting.ips.is_empty());
+    let mut state = ClusterState::default();
+    state.insert_pod(waiting);
+    assert!(state.pods.is_empty() && state.unaddressed.len() == 1);
     for (case, p) in [
-        ("no IPs yet", pod("a", "p")),
         ("host network", base.clone().host_network()),
         ("succeeded", base.clone().phase("Succeeded")),
         ("failed", base.clone().phase("Failed")),

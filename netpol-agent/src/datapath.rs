@@ -521,6 +521,11 @@ impl Datapath {
         }
     }
 
+    /// Whether the interface `ifindex` has its endpoint entry and both classifiers linked.
+    pub fn is_enforcing(&self, ifindex: u32) -> bool {
+        self.cur_endpoints.contains_key(&ifindex) && [PROG_TO_POD, PROG_FROM_POD].iter().all(|p| self.link_pin(ifindex, p).exists())
+    }
+
     /// A loaded classifier ([`PROG_FROM_POD`] or [`PROG_TO_POD`]), e.g. for BPF_PROG_TEST_RUN.
     pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         program(&mut self.ebpf, name)

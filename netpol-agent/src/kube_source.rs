@@ -197,9 +197,7 @@ fn convert(
     }
     for pod in pods {
         match pod_from_k8s(&pod, "") {
-            Ok(Some(pod)) => {
-                state.pods.insert(pod.id.clone(), pod);
-            }
+            Ok(Some(pod)) => state.insert_pod(pod),
             Ok(None) => {}
             Err(p) => problems.push(p),
         }

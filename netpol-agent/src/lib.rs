@@ -5,6 +5,8 @@
 //! run loop ([`agent`]).
 pub mod agent;
 pub mod cidr;
+pub mod cni;
+pub mod cni_server;
 pub mod compiler;
 #[cfg(test)]
 mod compiler_tests;

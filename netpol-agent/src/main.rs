@@ -1,5 +1,8 @@
 //! `netpol-agent`: enforces Kubernetes NetworkPolicies with eBPF on this node.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -58,7 +61,16 @@ enum Command {
         /// warnings (`netpol_agent::lint` target); 0: never.
         #[arg(long, default_value_t = 30)]
         lint_interval: u64,
+        /// Serve the CNI chain plugin (`netpol-cni`) on this Unix socket: a new pod's CNI ADD
+        /// returns only once its policies are enforced, so its first packet obeys them.
+        #[arg(long)]
+        cni_socket: Option<PathBuf>,
     },
+    /// Run as the CNI chain plugin (also when this binary is invoked as `netpol-cni`): reads
+    /// the CNI_* environment and the network configuration on standard input, as the container
+    /// runtime passes them, and asks the agent on the configuration's `socket` (default
+    /// /run/netpol/cni.sock) to enforce the new pod before it starts.
+    Cni,
     /// Stream the verdicts of a running agent live: drops, audit "would drop"s and, on request,
     /// allowed new flows, with pod names and the policy rule that allowed each flow.
     ///
@@ -158,6 +170,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Installed as the CNI plugin, the runtime runs this binary by the plugin's type name.
+    if std::env::args_os().next().is_some_and(|a| Path::new(&a).file_name() == Some(netpol_agent::cni::PLUGIN_NAME.as_ref())) {
+        std::process::exit(netpol_agent::cni::main());
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,netlink_packet_route=error".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -179,6 +195,7 @@ fn main() -> anyhow::Result<()> {
             event_rate,
             events_allowed,
             lint_interval,
+            cni_socket,
         } => {
             let health_addr = match health_addr.as_str() {
                 "off" => None,
@@ -200,8 +217,10 @@ fn main() -> anyhow::Result<()> {
                 audit_namespaces: audit_namespaces.into_iter().collect(),
                 events: netpol_agent::events::EventSettings { rate: event_rate, always_allowed: events_allowed },
                 lint_interval: (lint_interval > 0).then(|| Duration::from_secs(lint_interval)),
+                cni_socket,
             }))
         }
+        Command::Cni => std::process::exit(netpol_agent::cni::main()),
         Command::Uninstall { pin_path } => {
             netpol_agent::datapath::uninstall(&pin_path).with_context(|| format!("uninstall {}", pin_path.display()))?;
             tracing::info!(pin_path = %pin_path.display(), "removed netpol's programs, links and maps");

@@ -175,9 +175,7 @@ fn add_object(value: serde_yaml::Value, at: &str, loaded: &mut Loaded, seen: &mu
         },
         "Pod" => match serde_yaml::from_value::<Pod>(value).map_err(|e| problem(format!("invalid Pod: {e}"))) {
             Ok(pod) => match pod_from_k8s(&pod, DEFAULT_NAMESPACE) {
-                Ok(Some(pod)) => {
-                    loaded.state.pods.insert(pod.id.clone(), pod);
-                }
+                Ok(Some(pod)) => loaded.state.insert_pod(pod),
                 Ok(None) => {}
                 Err(mut p) => {
                     p.reason = format!("{} (in {at})", p.reason);

@@ -209,6 +209,10 @@ pub struct ClusterState {
     pub namespaces: BTreeMap<String, Namespace>,
     /// Pods with IPs, by namespace/name.
     pub pods: BTreeMap<ObjectRef, Pod>,
+    /// Pods scheduled but without addresses yet (the API learns them after the pod's network
+    /// is set up): no part in policy until they have some — the CNI chain plugin's may come
+    /// first ([`crate::cni_server::CniPods::merge_into`]).
+    pub unaddressed: BTreeMap<ObjectRef, Pod>,
     /// Valid policies, by namespace/name.
     pub policies: BTreeMap<ObjectRef, Policy>,
     /// Namespaces in audit mode (the agent's `--audit-namespace`): their pods' policy drops
@@ -217,6 +221,16 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// Adds a converted pod: to [`ClusterState::pods`], or to [`ClusterState::unaddressed`]
+    /// while it has no address.
+    pub fn insert_pod(&mut self, pod: Pod) {
+        if pod.ips.is_empty() {
+            self.unaddressed.insert(pod.id.clone(), pod);
+        } else {
+            self.pods.insert(pod.id.clone(), pod);
+        }
+    }
+
     /// The labels of a namespace; a namespace the snapshot does not hold has only its name label.
     pub fn namespace_labels(&self, name: &str) -> Labels {
         self.namespaces.get(name).map_or_else(
@@ -234,8 +248,9 @@ pub fn namespace_from_k8s(ns: &K8sNamespace) -> Result<Namespace, Problem> {
     Ok(Namespace { name, labels })
 }
 
-/// Converts a Pod. `Ok(None)` for pods that take no part in policy: host-network pods, pods
-/// without IPs, and pods that have finished.
+/// Converts a Pod. `Ok(None)` for pods that take no part in policy: host-network pods and pods
+/// that have finished. A pod without IPs yet comes back with none ([`ClusterState::insert_pod`]
+/// keeps it apart).
 pub fn pod_from_k8s(pod: &K8sPod, default_namespace: &str) -> Result<Option<Pod>, Problem> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| default_namespace.to_string());
     let name = pod.metadata.name.clone().ok_or_else(|| Problem { object: format!("Pod {namespace}/?"), reason: "no metadata.name".into() })?;
@@ -258,9 +273,6 @@ pub fn pod_from_k8s(pod: &K8sPod, default_namespace: &str) -> Result<Option<Pod>
         if !ips.contains(&ip) {
             ips.insert(0, ip);
         }
-    }
-    if ips.is_empty() {
-        return Ok(None);
     }
     let mut named_ports = Vec::new();
     for c in spec.map(|s| s.containers.iter()).into_iter().flatten() {

@@ -21,7 +21,8 @@ fn labels(l: Labels<'_>) -> BTreeMap<String, String> {
 struct PodEntry {
     manifest: PodManifest,
     node: usize,
-    servers: Servers,
+    /// None while a scheduled pod has no network yet ([`Cluster::schedule_pod`]).
+    servers: Option<Servers>,
 }
 
 /// A sandbox cluster. Fields drop in order: agents first, then servers, manifests, nodes, underlay.
@@ -90,10 +91,46 @@ impl Cluster {
                 ports: ports.iter().map(|(n, p, proto)| ((*n).to_string(), *p, (*proto).to_string())).collect(),
             },
             node,
-            servers,
+            servers: Some(servers),
         });
         self.write_cluster()?;
         Ok(pod)
+    }
+
+    /// Puts a pod on node `node` in the manifests before it has a network, as the API shows a
+    /// scheduled pod before the runtime's CNI ADD: no addresses, no interface, no servers.
+    pub fn schedule_pod(&mut self, node: usize, namespace: &str, name: &str, l: Labels<'_>, ports: &[(&str, u16, &str)]) -> anyhow::Result<()> {
+        self.pods.push(PodEntry {
+            manifest: PodManifest {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                labels: labels(l),
+                node: self.nodes[node].netns.clone(),
+                ips: Vec::new(),
+                ports: ports.iter().map(|(n, p, proto)| ((*n).to_string(), *p, (*proto).to_string())).collect(),
+            },
+            node,
+            servers: None,
+        });
+        self.write_cluster()
+    }
+
+    /// Gives a scheduled pod its network, as a CNI network plugin does (namespace, veth,
+    /// addresses, routes); the manifests keep showing no addresses (the API learns them later).
+    pub fn wire_pod(&mut self, namespace: &str, name: &str) -> anyhow::Result<Pod> {
+        let i = self.index(namespace, name);
+        self.nodes[self.pods[i].node].add_pod(namespace, name)
+    }
+
+    /// Starts the servers of a wired pod on its manifest's ports (its containers starting).
+    pub fn start_servers(&mut self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let i = self.index(namespace, name);
+        let netns = self.pod(namespace, name).netns.clone();
+        let ports = &self.pods[i].manifest.ports;
+        let tcp: Vec<u16> = ports.iter().filter(|p| p.2 == "TCP").map(|p| p.1).collect();
+        let udp: Vec<u16> = ports.iter().filter(|p| p.2 == "UDP").map(|p| p.1).collect();
+        self.pods[i].servers = Some(servers::start(&netns, &tcp, &udp, &format!("{namespace}/{name}\n"))?);
+        Ok(())
     }
 
     /// Removes a pod (its namespace and manifest).
@@ -168,13 +205,8 @@ impl Cluster {
     /// The probe target of a pod's port.
     pub fn target(&self, namespace: &str, name: &str, port: u16, protocol: Protocol, ipv6: bool) -> Target {
         let pod = self.pod(namespace, name);
-        let sink = &self.pods[self.index(namespace, name)].servers.sctp;
-        Target {
-            addr: if ipv6 { IpAddr::V6(pod.ipv6) } else { IpAddr::V4(pod.ipv4) },
-            port,
-            protocol,
-            sctp_sink: Some(sink.clone()),
-        }
+        let sink = self.pods[self.index(namespace, name)].servers.as_ref().map(|s| s.sctp.clone());
+        Target { addr: if ipv6 { IpAddr::V6(pod.ipv6) } else { IpAddr::V4(pod.ipv4) }, port, protocol, sctp_sink: sink }
     }
 
     /// Probes a pod's port from another pod.
