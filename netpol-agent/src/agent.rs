@@ -63,6 +63,10 @@ pub struct RunConfig {
     pub lint_interval: Option<Duration>,
     /// Where to serve the CNI chain plugin (none: no plugin; new pods are found by their veth).
     pub cni_socket: Option<PathBuf>,
+    /// Install the plugin binary here as `netpol-cni` (the node's CNI binary directory).
+    pub cni_bin_dir: Option<PathBuf>,
+    /// Keep the plugin chained into the network configuration of this directory.
+    pub cni_conf_dir: Option<PathBuf>,
 }
 
 /// What the agent reports after each sync (the `--status-file`).
@@ -196,6 +200,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Only now that the socket listens: a pod's ADD from here on finds the agent.
+    let cni_conf_watcher = install_cni(&cfg)?;
 
     let mut compiler = Compiler::new();
     let mut status = Status::default();
@@ -267,8 +273,41 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     if let Some(t) = cni_task {
         t.abort();
     }
+    drop(cni_conf_watcher);
     Ok(())
 }
+
+/// Installs the CNI plugin binary, and chains it into the network configuration now and
+/// whenever the configuration directory changes (a network plugin restarting rewrites its
+/// configuration). The watcher returned keeps the chain while it lives.
+fn install_cni(cfg: &RunConfig) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
+    let Some(socket) = cfg.cni_socket.clone() else { return Ok(None) };
+    if let Some(dir) = &cfg.cni_bin_dir {
+        let path = crate::cni_install::install_binary(dir).with_context(|| format!("install the CNI plugin into {}", dir.display()))?;
+        info!(path = %path.display(), "CNI plugin installed");
+    }
+    let Some(conf_dir) = cfg.cni_conf_dir.clone() else { return Ok(None) };
+    let ensure = move |dir: &Path| match crate::cni_install::ensure_chained(dir, &socket, CNI_PLUGIN_TIMEOUT_SECONDS) {
+        Ok(crate::cni_install::ChainChange::Added(path)) => info!(path = %path.display(), "netpol-cni chained into the network configuration"),
+        Ok(crate::cni_install::ChainChange::NoConfiguration) => info!(dir = %dir.display(), "no network configuration yet; chaining netpol-cni when one appears"),
+        Ok(crate::cni_install::ChainChange::Present(_)) => {}
+        Err(e) => warn!(error = format!("{e:#}"), "could not chain netpol-cni into the network configuration"),
+    };
+    std::fs::create_dir_all(&conf_dir).with_context(|| format!("create {}", conf_dir.display()))?;
+    ensure(&conf_dir);
+    let dir = conf_dir.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            ensure(&dir);
+        }
+    })
+    .context("create CNI configuration watcher")?;
+    watcher.watch(&conf_dir, notify::RecursiveMode::NonRecursive).with_context(|| format!("watch {}", conf_dir.display()))?;
+    Ok(Some(watcher))
+}
+
+/// The plugin's `timeoutSeconds` in the chained configuration.
+const CNI_PLUGIN_TIMEOUT_SECONDS: u64 = 10;
 
 /// One level-triggered sync. `Ok(false)` when the source has no complete snapshot yet, so
 /// nothing was programmed.

@@ -5,7 +5,9 @@
 //! arguments and the previous plugin's result) over the agent's Unix socket, and returns only
 //! once the agent enforces the pod's policies on its veth. So the pod's first packet already
 //! obeys them. If the agent cannot say so in time, ADD fails (CNI error 11, "try again later")
-//! and the runtime retries the sandbox: no pod runs unenforced.
+//! and the runtime retries the sandbox: no pod runs unenforced. Only when the agent's socket does
+//! not exist at all (no agent has started on this node since boot, or netpol was removed) does
+//! the pod pass, so that a node without netpol can still start pods.
 //!
 //! The plugin's own logic ([`plugin`]) is pure: environment and standard input in, standard
 //! output and exit code out, with the agent reached through a function argument.
@@ -123,6 +125,13 @@ pub fn plugin(
             if request.ips.is_empty() {
                 return error(&version, ERR_INVALID_CONFIG, "netpol-cni: the previous plugin's result has no IP address", "prevResult.ips is empty");
             }
+            if !socket.exists() {
+                // No agent was ever started on this node since boot (or netpol was removed and
+                // left its entry behind): nothing can enforce, and failing would stop every pod
+                // from starting. The agent enforces the pod when it starts and finds its veth.
+                eprintln!("netpol-cni: no agent socket at {}: pod {}/{} passes unenforced until the agent starts", socket.display(), request.namespace, request.name);
+                return PluginOutput { stdout: result.to_string(), code: 0 };
+            }
             match agent(&request, &socket, timeout) {
                 Ok(reply) if reply.ok => PluginOutput { stdout: result.to_string(), code: 0 },
                 Ok(reply) => error(&version, ERR_TRY_AGAIN, &format!("netpol: pod {}/{} is not enforced yet", request.namespace, request.name), &reply.message),
@@ -205,4 +214,99 @@ pub fn main() -> i32 {
         println!("{}", out.stdout);
     }
     out.code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(command: &str) -> HashMap<String, String> {
+        HashMap::from([
+            ("CNI_COMMAND".to_string(), command.to_string()),
+            ("CNI_CONTAINERID".to_string(), "abc".to_string()),
+            ("CNI_ARGS".to_string(), "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=abc".to_string()),
+        ])
+    }
+
+    /// A chained configuration whose socket exists (this crate's manifest: any existing path).
+    fn conf() -> String {
+        json!({
+            "cniVersion": "0.4.0",
+            "name": "cbr0",
+            "type": "netpol-cni",
+            "socket": env!("CARGO_MANIFEST_PATH"),
+            "timeoutSeconds": 3,
+            "prevResult": {"cniVersion": "0.4.0", "interfaces": [{"name": "eth0"}],
+                "ips": [{"version": "4", "address": "198.18.0.7/24"}, {"version": "6", "address": "fd00:198:18::7/64"}]},
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn add_hands_the_pod_to_the_agent_and_passes_the_previous_result_on() {
+        let mut asked = None;
+        let out = plugin(&env("ADD"), &conf(), |req, socket, timeout| {
+            asked = Some((req.clone(), socket.to_path_buf(), timeout));
+            Ok(CniReply { ok: true, message: "enforced".into(), interface: Some("veth1".into()) })
+        });
+        assert_eq!(out.code, 0);
+        let result: Value = serde_json::from_str(&out.stdout).expect("json");
+        assert_eq!(result["ips"][0]["address"], "198.18.0.7/24");
+        assert_eq!(result["cniVersion"], "0.4.0");
+        let (req, socket, timeout) = asked.expect("the agent was asked");
+        assert_eq!((req.namespace.as_str(), req.name.as_str(), req.command), ("x", "web-1", CniCommand::Add));
+        assert_eq!(req.ips, vec!["198.18.0.7".parse::<IpAddr>().expect("v4"), "fd00:198:18::7".parse().expect("v6")]);
+        assert_eq!(socket, Path::new(env!("CARGO_MANIFEST_PATH")));
+        assert_eq!(timeout, Duration::from_secs(3));
+        assert_eq!(req.wait_ms, 2400, "the agent answers before the plugin gives up");
+    }
+
+    #[test]
+    fn add_fails_with_try_again_when_the_agent_cannot_enforce_or_answer() {
+        let refused = plugin(&env("ADD"), &conf(), |_, _, _| Ok(CniReply { ok: false, message: "pod unknown".into(), interface: None }));
+        let err: Value = serde_json::from_str(&refused.stdout).expect("json");
+        assert_eq!((refused.code, err["code"].as_u64()), (1, Some(11)));
+        assert_eq!(err["details"], "pod unknown");
+        let gone = plugin(&env("ADD"), &conf(), |_, _, _| anyhow::bail!("connection refused"));
+        let err: Value = serde_json::from_str(&gone.stdout).expect("json");
+        assert_eq!((gone.code, err["code"].as_u64()), (1, Some(11)));
+    }
+
+    #[test]
+    fn configurations_the_plugin_cannot_work_with_are_errors_and_other_commands_succeed() {
+        let never = |_: &CniRequest, _: &Path, _: Duration| -> anyhow::Result<CniReply> { panic!("the agent must not be asked") };
+        let unchained = plugin(&env("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"netpol-cni"}"#, never);
+        let err: Value = serde_json::from_str(&unchained.stdout).expect("json");
+        assert_eq!((unchained.code, err["code"].as_u64()), (1, Some(7)), "ADD without prevResult");
+        let garbage = plugin(&env("ADD"), "not json", never);
+        assert_eq!(garbage.code, 1);
+        // Not a Kubernetes pod: passed through untouched.
+        let mut plain = env("ADD");
+        plain.remove("CNI_ARGS");
+        let out = plugin(&plain, &conf(), never);
+        assert_eq!(out.code, 0);
+        assert_eq!(serde_json::from_str::<Value>(&out.stdout).expect("json")["ips"][1]["address"], "fd00:198:18::7/64");
+        // No agent socket on the node at all: passed through.
+        let missing = conf().replace(env!("CARGO_MANIFEST_PATH"), "/nonexistent/netpol.sock");
+        assert_eq!(plugin(&env("ADD"), &missing, never).code, 0);
+        let version = plugin(&env("VERSION"), "", never);
+        assert_eq!(version.code, 0);
+        assert!(version.stdout.contains("\"1.0.0\""), "{}", version.stdout);
+        for command in ["CHECK", "GC"] {
+            assert_eq!(plugin(&env(command), &conf(), never), PluginOutput { stdout: String::new(), code: 0 }, "{command}");
+        }
+        let mut del_asked = false;
+        let del = plugin(&env("DEL"), &conf(), |req, _, _| {
+            del_asked = req.command == CniCommand::Del;
+            anyhow::bail!("agent down")
+        });
+        assert_eq!((del.code, del_asked), (0, true), "DEL succeeds even with the agent down");
+    }
+
+    #[test]
+    fn the_pod_is_read_from_cni_args() {
+        assert_eq!(pod_of("K8S_POD_NAMESPACE=a;K8S_POD_NAME=b"), Some(("a".into(), "b".into())));
+        assert_eq!(pod_of("IgnoreUnknown=1;K8S_POD_NAME=b"), None);
+        assert_eq!(pod_of(""), None);
+    }
 }

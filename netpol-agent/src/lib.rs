@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cidr;
 pub mod cni;
+pub mod cni_install;
 pub mod cni_server;
 pub mod compiler;
 #[cfg(test)]

@@ -65,6 +65,14 @@ enum Command {
         /// returns only once its policies are enforced, so its first packet obeys them.
         #[arg(long)]
         cni_socket: Option<PathBuf>,
+        /// With --cni-socket: install the plugin binary into this directory as `netpol-cni`
+        /// (the node's CNI binary directory, e.g. /opt/cni/bin).
+        #[arg(long, requires = "cni_socket")]
+        cni_bin_dir: Option<PathBuf>,
+        /// With --cni-socket: keep netpol-cni chained at the end of the network configuration
+        /// in this directory (e.g. /etc/cni/net.d), also after the network plugin rewrites it.
+        #[arg(long, requires = "cni_socket")]
+        cni_conf_dir: Option<PathBuf>,
     },
     /// Run as the CNI chain plugin (also when this binary is invoked as `netpol-cni`): reads
     /// the CNI_* environment and the network configuration on standard input, as the container
@@ -102,6 +110,9 @@ enum Command {
         /// bpffs directory the agent used.
         #[arg(long, default_value = "/sys/fs/bpf/netpol")]
         pin_path: PathBuf,
+        /// Also take netpol-cni out of the network configuration in this directory.
+        #[arg(long)]
+        cni_conf_dir: Option<PathBuf>,
     },
     /// Explain whether the policies allow a flow, and why (from a manifest directory, or the
     /// cluster's API without --manifests).
@@ -196,6 +207,8 @@ fn main() -> anyhow::Result<()> {
             events_allowed,
             lint_interval,
             cni_socket,
+            cni_bin_dir,
+            cni_conf_dir,
         } => {
             let health_addr = match health_addr.as_str() {
                 "off" => None,
@@ -218,10 +231,17 @@ fn main() -> anyhow::Result<()> {
                 events: netpol_agent::events::EventSettings { rate: event_rate, always_allowed: events_allowed },
                 lint_interval: (lint_interval > 0).then(|| Duration::from_secs(lint_interval)),
                 cni_socket,
+                cni_bin_dir,
+                cni_conf_dir,
             }))
         }
         Command::Cni => std::process::exit(netpol_agent::cni::main()),
-        Command::Uninstall { pin_path } => {
+        Command::Uninstall { pin_path, cni_conf_dir } => {
+            if let Some(dir) = cni_conf_dir {
+                if let Some(path) = netpol_agent::cni_install::remove_chained(&dir).with_context(|| format!("unchain netpol-cni in {}", dir.display()))? {
+                    tracing::info!(path = %path.display(), "netpol-cni taken out of the network configuration");
+                }
+            }
             netpol_agent::datapath::uninstall(&pin_path).with_context(|| format!("uninstall {}", pin_path.display()))?;
             tracing::info!(pin_path = %pin_path.display(), "removed netpol's programs, links and maps");
             Ok(())

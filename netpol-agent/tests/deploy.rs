@@ -126,6 +126,26 @@ fn the_daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     assert_eq!(port(&c.readiness_probe), ("/readyz".to_string(), health));
     let mounts: Vec<&str> = c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
     assert!(mounts.contains(&"/sys/fs/bpf"), "{mounts:?}");
+    // The CNI chain plugin: its directories are the node's, and the socket, which the plugin
+    // reaches from the host by the path written into the node's CNI configuration, is at the
+    // same path inside the container as on the host.
+    let arg = |name: &str| args.iter().find_map(|a| a.strip_prefix(&format!("{name}="))).unwrap_or_else(|| panic!("{name}"));
+    let host_path_of = |container_path: &str| {
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| container_path.starts_with(&m.mount_path))
+            .max_by_key(|m| m.mount_path.len())
+            .unwrap_or_else(|| panic!("{container_path} is not on a volume"));
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("volume");
+        let host = volume.host_path.as_ref().expect("a hostPath volume").path.clone();
+        format!("{host}{}", &container_path[mount.mount_path.len()..])
+    };
+    let socket = arg("--cni-socket");
+    assert_eq!(host_path_of(socket), socket, "the socket path is the same on the host");
+    assert_eq!(host_path_of(arg("--cni-bin-dir")), "/opt/cni/bin");
+    assert_eq!(host_path_of(arg("--cni-conf-dir")), "/etc/cni/net.d");
     let resources = c.resources.as_ref().expect("resources");
     assert!(resources.requests.is_some() && resources.limits.is_some());
 }

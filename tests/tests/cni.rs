@@ -30,6 +30,11 @@ fn socket_path() -> PathBuf {
 /// Runs the plugin for `command` as a container runtime would, for pod `namespace/name` whose
 /// network plugin gave it `pod`'s addresses. The exit code and the JSON printed (Null if none).
 fn run_plugin(command: &str, socket: &Path, pod: &Pod, timeout_seconds: f64) -> (i32, Value) {
+    run_plugin_binary(&agent_bin(), &["cni"], command, socket, pod, timeout_seconds)
+}
+
+/// [`run_plugin`] with a given executable and arguments (the installed `netpol-cni` takes none).
+fn run_plugin_binary(bin: &Path, args: &[&str], command: &str, socket: &Path, pod: &Pod, timeout_seconds: f64) -> (i32, Value) {
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "sandbox",
@@ -45,8 +50,8 @@ fn run_plugin(command: &str, socket: &Path, pod: &Pod, timeout_seconds: f64) -> 
             ],
         },
     });
-    let mut child = Command::new(agent_bin())
-        .arg("cni")
+    let mut child = Command::new(bin)
+        .args(args)
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", format!("sandbox-{}", pod.name))
         .env("CNI_NETNS", netns::path(&pod.netns))
@@ -82,8 +87,23 @@ fn a_new_pods_first_packets_obey_its_policies_once_cni_add_returns() {
     }
     c.set_policies(&NEW_PODS.map(String::from)).expect("write");
     let socket = socket_path();
-    c.start_agent(0, &["--cni-socket", socket.to_str().expect("utf-8 path")]).expect("agent");
+    // The node's CNI directories, with the network plugin's configuration in place.
+    let cni_dir = socket.with_extension("dirs");
+    let (bin_dir, conf_dir) = (cni_dir.join("bin"), cni_dir.join("net.d"));
+    std::fs::create_dir_all(&bin_dir).expect("bin dir");
+    std::fs::create_dir_all(&conf_dir).expect("conf dir");
+    let flannel = r#"{"name": "cbr0", "cniVersion": "0.3.1", "plugins": [{"type": "flannel"}, {"type": "portmap"}]}"#;
+    std::fs::write(conf_dir.join("10-flannel.conflist"), flannel).expect("write conf");
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let (socket_arg, bin_arg, conf_arg) = (path(&socket), path(&bin_dir), path(&conf_dir));
+    c.start_agent(0, &["--cni-socket", &socket_arg, "--cni-bin-dir", &bin_arg, "--cni-conf-dir", &conf_arg]).expect("agent");
     c.sync().expect("sync");
+    let chain = || -> Vec<String> {
+        let conf: Value = serde_json::from_str(&std::fs::read_to_string(conf_dir.join("10-flannel.conflist")).unwrap_or_default()).unwrap_or(Value::Null);
+        conf["plugins"].as_array().into_iter().flatten().filter_map(|p| Some(p["type"].as_str()?.to_string())).collect()
+    };
+    assert_eq!(chain(), ["flannel", "portmap", "netpol-cni"], "the agent chains its plugin last");
+    let plugin = bin_dir.join("netpol-cni");
 
     // The pod is scheduled (the agent knows its labels, not its addresses), then its network
     // plugin wires it, then the runtime runs the chain: netpol-cni last.
@@ -91,7 +111,7 @@ fn a_new_pods_first_packets_obey_its_policies_once_cni_add_returns() {
     c.sync().expect("sync");
     let pod = c.wire_pod("x", "new").expect("wire");
     let started = Instant::now();
-    let (code, result) = run_plugin("ADD", &socket, &pod, 10.0);
+    let (code, result) = run_plugin_binary(&plugin, &[], "ADD", &socket, &pod, 10.0);
     let took = started.elapsed();
     assert_eq!(code, 0, "CNI ADD failed: {result}\n{}", c.agent(0).log_tail());
     assert_eq!(result["ips"][0]["address"], format!("{}/24", pod.ipv4), "the network plugin's result passes through: {result}");
@@ -127,8 +147,18 @@ fn a_new_pods_first_packets_obey_its_policies_once_cni_add_returns() {
     eprintln!("without the plugin, x/late's first connection to x/b (denied by policy) opened: {raced}");
 
     // DEL: the agent forgets the addresses; the pod stays enforced while its manifest lasts.
-    let (code, _) = run_plugin("DEL", &socket, &pod, 2.0);
+    let (code, _) = run_plugin_binary(&plugin, &[], "DEL", &socket, &pod, 2.0);
     assert_eq!(code, 0, "CNI DEL must succeed");
+
+    // Flannel restarting rewrites its configuration: the agent chains its plugin again.
+    std::fs::write(conf_dir.join("10-flannel.conflist"), flannel).expect("rewrite conf");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while chain().len() != 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(chain(), ["flannel", "portmap", "netpol-cni"], "chained again after the rewrite");
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_dir_all(&cni_dir);
 }
 
 #[test]
@@ -144,8 +174,14 @@ fn cni_add_fails_until_the_agent_can_enforce_the_pod() {
     c.set_policies(&NEW_PODS.map(String::from)).expect("write");
     let socket = socket_path();
 
-    // No agent listening: ADD fails with "try again later" (11), the runtime retries.
+    // No agent has ever run on the node (no socket): the pod passes, unenforced, so a node
+    // without netpol still starts pods.
     let ghost = c.nodes[0].add_pod("x", "ghost").expect("wire");
+    let (code, result) = run_plugin("ADD", &socket, &ghost, 1.0);
+    assert_eq!(code, 0, "{result}");
+    // An agent's socket, but no agent listening (it is restarting): ADD fails with "try again
+    // later" (11), and the runtime retries.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
     let (code, err) = run_plugin("ADD", &socket, &ghost, 1.0);
     assert_eq!((code, err["code"].as_u64()), (1, Some(11)), "{err}");
 
@@ -161,6 +197,7 @@ fn cni_add_fails_until_the_agent_can_enforce_the_pod() {
     c.schedule_pod(0, "x", "ghost", &[("pod", "new")], PORTS).expect("schedule");
     let (code, result) = run_plugin("ADD", &socket, &ghost, 10.0);
     assert_eq!(code, 0, "retry failed: {result}");
+    let _ = std::fs::remove_file(&socket);
     let to_b = first_syn_opens(&ghost.netns, c.pod("x", "b").ipv4.into());
     let to_a = first_syn_opens(&ghost.netns, c.pod("x", "a").ipv4.into());
     assert!(!to_b && to_a, "after the retry: x/ghost -> x/b opens {to_b} (must not), -> x/a opens {to_a} (must)");
