@@ -597,8 +597,9 @@ pub enum Reason {
     AllowRelated = 15,
     /// Allowed: the endpoint is in audit mode and policy would have dropped the packet.
     AllowAudit = 16,
-    /// Passed on: a new flow (or a packet of one) to an address that is neither a pod nor the
-    /// node; the pod's egress policy judges it where it leaves the node, after NAT.
+    /// Passed on: a new flow to an address that is neither a pod nor the node; the pod's egress
+    /// policy judges it where it leaves the node, after NAT (its later packets count as
+    /// established here, and are judged there too).
     PassDeferred = 17,
 }
 

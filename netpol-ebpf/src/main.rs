@@ -136,10 +136,10 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
         // SAFETY: a valid map value pointer for the duration of the program.
         let ct = unsafe { &mut *ct };
         if ct.deferred != 0 {
-            // Judged where the packet leaves the node; replies pass like any tracked flow's.
+            // Judged where the packet leaves the node (marked again); replies pass like any
+            // tracked flow's.
             if from_pod {
                 deferred::mark(ctx, ep);
-                return (Reason::PassDeferred, NONE);
             }
             return (Reason::AllowEstablished, NONE);
         }
