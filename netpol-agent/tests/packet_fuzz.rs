@@ -3,7 +3,9 @@
 //! may pass only when an independent parser (here, over the bytes) reads it as a flow the policy
 //! allows, ARP, IPv6 neighbour discovery, traffic of the pod with itself, a packet of a flow
 //! allowed earlier in the run (conntrack: a reply, or the next packet), a later fragment of an
-//! allowed first fragment, or an ICMP error about an allowed flow. Every frame's verdict must
+//! allowed first fragment, an ICMP error about an allowed flow, or a new flow leaving the pod for
+//! an address that is neither a pod nor the node (passed on: its egress is judged where it leaves
+//! the node, after NAT, which BPF_PROG_TEST_RUN does not run). Every frame's verdict must
 //! equal what that reading says, except that a later fragment may be dropped (its first
 //! fragment's record may have been evicted).
 //!
@@ -289,6 +291,9 @@ enum Why {
     Related,
     Established,
     Policy,
+    /// Leaving the pod for an address that is neither a pod nor the node: passed on (and
+    /// tracked), its egress judged where it leaves the node, after NAT.
+    Deferred,
     Drop,
 }
 
@@ -350,6 +355,10 @@ fn judge(f: &[u8], ingress: bool, t: &Tracked) -> Why {
     if t.flows.contains(&flow_key(p.proto, (p.src, p.sport), (p.dst, p.dport))) {
         return Why::Established;
     }
+    // The ipcache holds the two pods' addresses (no node addresses in this test).
+    if !ingress && ![A4, A6, B4, B6].contains(peer) {
+        return Why::Deferred;
+    }
     if policy_allows(ingress, peer, p.proto, p.dport) {
         Why::Policy
     } else {
@@ -360,10 +369,10 @@ fn judge(f: &[u8], ingress: bool, t: &Tracked) -> Why {
 /// What an allowed frame leaves behind: a tracked flow, a remembered first fragment.
 fn record(f: &[u8], why: Why, t: &mut Tracked) {
     let Parsed::Ip(p) = parse(f) else { return };
-    if why == Why::Policy {
+    if matches!(why, Why::Policy | Why::Deferred) {
         t.flows.insert(flow_key(p.proto, (p.src, p.sport), (p.dst, p.dport)));
     }
-    if matches!(why, Why::Policy | Why::Established) && p.fragment == Fragment::First {
+    if matches!(why, Why::Policy | Why::Deferred | Why::Established) && p.fragment == Fragment::First {
         t.fragments.insert((p.src, p.dst, p.frag_id, p.proto));
     }
 }
