@@ -14,7 +14,7 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::{
     compiler::{CompileOptions, Compiler},
-    datapath::{Datapath, PodInterface, PROG_FROM_POD, PROG_TO_POD},
+    datapath::{Datapath, PodInterface, PROG_EXIT, PROG_FROM_POD, PROG_TO_POD},
     manifests,
     model::ObjectRef,
 };
@@ -71,6 +71,21 @@ impl Fixture {
     /// Runs a frame entering the local pod (its ingress policy).
     fn entering_pod(&mut self, frame: &[u8]) -> u32 {
         self.run(PROG_TO_POD, frame)
+    }
+
+    /// Runs `program` on a frame carrying packet mark `mark`; the verdict and the mark after.
+    fn run_marked(&mut self, program: &str, frame: &[u8], mark: u32) -> (u32, u32) {
+        // struct __sk_buff (192 bytes); BPF_PROG_TEST_RUN takes and gives back `mark` (offset 8).
+        let mut ctx_in = [0u8; 192];
+        ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; 192];
+        let prog = self.dp.program(program).expect("program");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx_in);
+        opts.ctx_out = Some(&mut ctx_out);
+        let verdict = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
+        (verdict, u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes")))
     }
 
     fn counter(&self, name: &str) -> u64 {
@@ -225,6 +240,19 @@ const B6: &str = "fd00:198:18::11";
 fn with_policy(policy: &str) -> String {
     format!("{PODS}\n---\n{policy}")
 }
+
+/// x/a may send to x/b on TCP 443 only, and accepts nothing (isolated both ways).
+const A_EGRESS_TO_B_443: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{protocol: TCP, port: 443}]
+"#;
 
 const ALLOW_B_TCP_80: &str = r#"
 apiVersion: networking.k8s.io/v1
@@ -417,4 +445,50 @@ fn fragment_tricks_and_icmp_errors_for_unknown_flows_are_dropped() {
     let reply = frame::ipv4(a, b, TCP, 96, 0, &frame::l4(TCP, 80, 41000, false));
     assert_eq!(f.entering_pod(&icmp_error(reply)), ALLOW, "an error about a's reply to that connection");
     assert_eq!(f.counter("allow_related"), 1);
+}
+
+#[test]
+fn egress_to_a_service_address_is_judged_after_nat_where_it_leaves_the_node() {
+    let Some(mut f) = fixture(&with_policy(A_EGRESS_TO_B_443), ("x", "a")) else { return };
+    const SERVICE: &str = "198.19.128.10";
+    // kube-proxy's mark bits are left alone.
+    const KUBE_MASQ: u32 = 0x4000;
+    // To a pod: judged at once, no mark.
+    assert_eq!(f.run_marked(PROG_FROM_POD, &flow(A, B, TCP, 40000, 80), KUBE_MASQ), (DROP, KUBE_MASQ));
+    assert_eq!(f.run_marked(PROG_FROM_POD, &flow(A, B, TCP, 40001, 443), 0), (ALLOW, 0));
+    // To an address that is neither a pod nor the node (a ClusterIP): passed on, marked with
+    // the pod's slot, counted as deferred.
+    let (verdict, mark) = f.run_marked(PROG_FROM_POD, &flow(A, SERVICE, TCP, 40002, 443), KUBE_MASQ);
+    assert_eq!(verdict, ALLOW);
+    let slot = netpol_common::deferred_slot(mark).expect("the packet is marked as deferred");
+    assert_ne!(slot, 0, "the endpoint's own slot");
+    assert_eq!(mark & KUBE_MASQ, KUBE_MASQ, "kube-proxy's bit survives");
+    assert_eq!(f.counter("pass_deferred"), 1);
+    // Its next packet is marked again (the entry is not a verdict).
+    let (verdict, again) = f.run_marked(PROG_FROM_POD, &flow(A, SERVICE, TCP, 40002, 443), 0);
+    assert_eq!((verdict, netpol_common::deferred_slot(again)), (ALLOW, Some(slot)));
+
+    // Where it leaves the node, after DNAT: to x/b:443 it passes, to x/b:80 it is dropped;
+    // either way the mark is cleared and kube-proxy's bit kept.
+    let before = (f.counter("allow_policy"), f.counter("drop_no_rule"));
+    assert_eq!(f.run_marked(PROG_EXIT, &flow(A, B, TCP, 40002, 443), mark), (ALLOW, KUBE_MASQ));
+    assert_eq!(f.run_marked(PROG_EXIT, &flow(A, B, TCP, 40003, 80), mark), (DROP, KUBE_MASQ));
+    // To an address outside the cluster (not DNATed), which no rule allows: dropped.
+    assert_eq!(f.run_marked(PROG_EXIT, &flow(A, "198.18.200.1", UDP, 40004, 53), mark).0, DROP);
+    assert_eq!((f.counter("allow_policy"), f.counter("drop_no_rule")), (before.0 + 1, before.1 + 2));
+    // The allowed flow is tracked: its next packet passes without a new verdict.
+    assert_eq!(f.run_marked(PROG_EXIT, &frame::ip(A, B, TCP, &frame::l4(TCP, 40002, 443, false)), mark).0, ALLOW);
+    assert_eq!(f.counter("allow_policy"), before.0 + 1);
+
+    // Unmarked packets, and marks of other programs, pass the exit untouched.
+    assert_eq!(f.run_marked(PROG_EXIT, &flow(A, B, TCP, 40005, 80), 0), (ALLOW, 0));
+    assert_eq!(f.run_marked(PROG_EXIT, &flow(A, B, TCP, 40005, 80), 0x0f00_0000), (ALLOW, 0x0f00_0000));
+    // A mark naming a slot no endpoint holds: its pod is gone, the packet is dropped.
+    let stale = netpol_common::defer_mark(0, 77);
+    assert_eq!(f.run_marked(PROG_EXIT, &flow(A, B, TCP, 40006, 443), stale).0, DROP);
+
+    // The reply of the deferred flow comes back from the address the pod sent to: allowed
+    // (ingress is isolated, so only as a tracked flow); a new flow from there is not.
+    assert_eq!(f.entering_pod(&frame::ip(SERVICE, A, TCP, &frame::l4(TCP, 443, 40002, false))), ALLOW);
+    assert_eq!(f.entering_pod(&flow(SERVICE, A, TCP, 443, 40099)), DROP);
 }
