@@ -3,7 +3,7 @@
 //! whole source, compiles it, finds the local pods' veths and reconciles the data path.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
@@ -67,6 +67,66 @@ pub struct RunConfig {
     pub cni_bin_dir: Option<PathBuf>,
     /// Keep the plugin chained into the network configuration of this directory.
     pub cni_conf_dir: Option<PathBuf>,
+    /// Hold a veth that appears while the agent runs closed until a local pod claims it, for at
+    /// most this long (none: new veths pass until their pod is known).
+    pub hold_new_interfaces: Option<Duration>,
+}
+
+/// Veths that appeared while the agent runs, held closed until their pod is known.
+#[derive(Debug, Default)]
+struct Holds {
+    /// Veths there when the agent started (never held: the node's own, and pods enforced by the
+    /// first sync).
+    baseline: BTreeSet<u32>,
+    /// Veths held, since when.
+    since: BTreeMap<u32, Instant>,
+    /// Veths held once and released (their pod never came): not held again.
+    released: BTreeSet<u32>,
+}
+
+impl Holds {
+    /// Holds every veth with its peer in another namespace that is new since the agent started,
+    /// has no endpoint yet and was not released before; forgets veths that are gone.
+    fn hold_new(&mut self, datapath: &mut Datapath) {
+        let veths = match netlink::list_veth_links() {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "list veths to hold new ones");
+                return;
+            }
+        };
+        let present: BTreeSet<u32> = veths.iter().map(|v| v.ifindex).collect();
+        self.since.retain(|i, _| present.contains(i));
+        self.released.retain(|i| present.contains(i));
+        for v in veths {
+            let new = !self.baseline.contains(&v.ifindex) && !self.released.contains(&v.ifindex) && !self.since.contains_key(&v.ifindex);
+            if !new || datapath.current_endpoints().contains_key(&v.ifindex) {
+                continue;
+            }
+            match datapath.hold(&PodInterface { ifindex: v.ifindex, name: v.name.clone() }) {
+                Ok(()) => {
+                    info!(interface = %v.name, ifindex = v.ifindex, "new veth held closed until its pod is known");
+                    self.since.insert(v.ifindex, Instant::now());
+                }
+                Err(e) => warn!(interface = %v.name, error = format!("{e:#}"), "could not hold a new veth"),
+            }
+        }
+    }
+
+    /// Releases the veths held longer than `limit` that no pod claimed (their entries and
+    /// links go with the next apply), and forgets the claimed ones.
+    fn release_expired(&mut self, datapath: &mut Datapath, limit: Duration) {
+        let held: BTreeSet<u32> = datapath.held().map(|i| i.ifindex).collect();
+        // Claimed by a pod since: no longer ours to release.
+        self.since.retain(|i, _| held.contains(i));
+        let expired: Vec<u32> = self.since.iter().filter(|(_, t)| t.elapsed() >= limit).map(|(i, _)| *i).collect();
+        for ifindex in expired {
+            warn!(ifindex, held_seconds = limit.as_secs(), "no local pod claimed a held veth: released (it passes unenforced)");
+            datapath.release(ifindex);
+            self.since.remove(&ifindex);
+            self.released.insert(ifindex);
+        }
+    }
 }
 
 /// What the agent reports after each sync (the `--status-file`).
@@ -203,6 +263,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // Only now that the socket listens: a pod's ADD from here on finds the agent.
     let cni_conf_watcher = install_cni(&cfg)?;
 
+    let mut holds = Holds::default();
+    if cfg.hold_new_interfaces.is_some() {
+        holds.baseline = netlink::list_veth_links().context("list veths")?.iter().map(|v| v.ifindex).collect();
+    }
+
     let mut compiler = Compiler::new();
     let mut status = Status::default();
     let mut seeded = false;
@@ -220,13 +285,28 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             Some(trigger) = rx.recv() => {
                 noticed = Instant::now();
                 debug!(?trigger, "sync scheduled");
-                // Debounce: a burst of file or link events becomes one sync.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while rx.try_recv().is_ok() {}
+                // A new veth is held closed at once, before the debounce and the sync find its
+                // pod: a pod that sends the moment its interface is up meets a closed door.
+                let hold = cfg.hold_new_interfaces.is_some();
+                if hold && matches!(trigger, Trigger::Links) {
+                    holds.hold_new(&mut datapath);
+                }
+                // Debounce: a burst of file or link events becomes one sync; link events in it
+                // still hold new veths at once.
+                let until = tokio::time::Instant::now() + Duration::from_millis(20);
+                while let Ok(Some(trigger)) = tokio::time::timeout_at(until, rx.recv()).await {
+                    if hold && matches!(trigger, Trigger::Links) {
+                        holds.hold_new(&mut datapath);
+                    }
+                }
             }
         }
         let started = Instant::now();
         next_sync = tokio::time::Instant::now() + cfg.resync;
+        if let Some(limit) = cfg.hold_new_interfaces {
+            holds.hold_new(&mut datapath);
+            holds.release_expired(&mut datapath, limit);
+        }
         match sync(&cfg, &source, &cni_pods, &mut compiler, &mut datapath, &mut status, &mut seeded, event_hub.as_deref()) {
             Ok(true) => {
                 enforced_tx.send_replace(crate::cni_server::Enforced {
@@ -253,7 +333,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         // A pod's address is configured inside its own namespace, which raises no event here:
         // while a local pod has no interface yet, look again soon (backing off to the resync
         // period, for pods whose interface does not come).
-        if status.attached.len() < status.local_pods.len() {
+        if status.attached.len() < status.local_pods.len() || !holds.since.is_empty() {
             next_sync = tokio::time::Instant::now() + unattached_delay.min(cfg.resync);
             unattached_delay = unattached_delay.saturating_mul(2);
         } else {

@@ -42,6 +42,9 @@ pub const PROG_TO_POD: &str = "netpol_to_pod";
 /// Program on the TCX egress of every Ethernet interface of the node (pod veths included):
 /// judges the packets whose egress judgement a pod's veth deferred until after NAT.
 pub const PROG_EXIT: &str = "netpol_exit";
+/// The endpoint id of interfaces held closed ([`Datapath::hold`]): no policy entry has it
+/// (pods' ids start at 1).
+pub const HELD_ENDPOINT: u32 = 0;
 /// A program that only returns "next": the benchmarks' floor, never attached.
 pub const PROG_NOOP: &str = "netpol_noop";
 
@@ -152,6 +155,8 @@ pub struct Datapath {
     rule_hits: PerCpuArray<MapData, u64>,
     /// `MAP_SLOTS`: written with every endpoint.
     slots: Array<MapData, u32>,
+    /// Interfaces held closed ([`Datapath::hold`]) until a local pod claims them.
+    held: BTreeMap<u32, PodInterface>,
     cur_endpoints: BTreeMap<u32, EndpointInfo>,
     cur_ipcache: BTreeMap<IpKey, u32>,
     cur_cidrs: BTreeMap<CidrKey, u32>,
@@ -222,6 +227,7 @@ impl Datapath {
             event_stats,
             rule_hits,
             slots,
+            held: BTreeMap::new(),
             cur_endpoints: BTreeMap::new(),
             cur_ipcache: BTreeMap::new(),
             cur_cidrs: BTreeMap::new(),
@@ -407,6 +413,8 @@ impl Datapath {
     pub fn apply_maps(&mut self, desired: &Desired, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>) -> ApplyStats {
         let mut stats = ApplyStats::default();
         self.zero_reused_rule_ids(&desired.rules, &mut stats);
+        // A held interface a local pod now claims gets that pod's endpoint below.
+        self.held.retain(|ifindex, _| !interfaces.values().any(|i| i.ifindex == *ifindex));
 
         // 0. Isolation that the new state lifts, first. The new state allows everything in that
         // direction, so lifting it early opens nothing the new state denies; done later, a peer
@@ -486,8 +494,8 @@ impl Datapath {
             }
         }
 
-        // 5. Endpoints of interfaces that are gone or no longer local pods.
-        let stale: Vec<u32> = self.cur_endpoints.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        // 5. Endpoints of interfaces that are gone or no longer local pods (and not held).
+        let stale: Vec<u32> = self.cur_endpoints.keys().filter(|k| !wanted.contains_key(k) && !self.held.contains_key(k)).copied().collect();
         for ifindex in stale {
             match self.endpoints.remove(&ifindex) {
                 Ok(()) => {
@@ -506,7 +514,8 @@ impl Datapath {
     /// has an endpoint entry and no links yet, and detaches (unpins) links of other interfaces.
     fn apply_links(&mut self, interfaces: &BTreeMap<crate::model::ObjectRef, PodInterface>, stats: &mut ApplyStats) {
         let pinned = self.pinned_links();
-        let wanted: BTreeSet<u32> = interfaces.values().map(|i| i.ifindex).filter(|i| self.cur_endpoints.contains_key(i)).collect();
+        let mut wanted: BTreeSet<u32> = interfaces.values().map(|i| i.ifindex).filter(|i| self.cur_endpoints.contains_key(i)).collect();
+        wanted.extend(self.held.keys());
         for iface in interfaces.values() {
             if wanted.contains(&iface.ifindex) && !pinned.contains(&iface.ifindex) {
                 match self.attach(iface) {
@@ -519,6 +528,38 @@ impl Datapath {
             self.unpin_links(*ifindex, stats);
             stats.detached += 1;
         }
+    }
+
+    /// Holds a new interface closed until a local pod claims it: an endpoint entry isolated both
+    /// ways with no address and no rules (everything but IPv6 neighbour discovery is dropped:
+    /// from the pod as spoofed, to it for want of a rule), and both classifiers linked. The next
+    /// [`Datapath::apply`] that finds a pod on it gives it the pod's entry; until then it keeps
+    /// the hold, until [`Datapath::release`].
+    pub fn hold(&mut self, iface: &PodInterface) -> Result<()> {
+        let info = EndpointInfo {
+            endpoint: HELD_ENDPOINT,
+            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+            generation: 1,
+            ..EndpointInfo::default()
+        };
+        self.endpoints.insert(iface.ifindex, info, 0).map_err(map_err(format!("hold {}", iface.name)))?;
+        self.cur_endpoints.insert(iface.ifindex, info);
+        self.held.insert(iface.ifindex, iface.clone());
+        if !self.link_pin(iface.ifindex, PROG_FROM_POD).exists() {
+            self.attach(iface)?;
+        }
+        Ok(())
+    }
+
+    /// Stops holding interface `ifindex`; the next [`Datapath::apply`] removes its entry and
+    /// links unless a pod claims it.
+    pub fn release(&mut self, ifindex: u32) {
+        self.held.remove(&ifindex);
+    }
+
+    /// Interfaces held closed, by ifindex.
+    pub fn held(&self) -> impl Iterator<Item = &PodInterface> {
+        self.held.values()
     }
 
     /// Whether the interface `ifindex` has its endpoint entry and both classifiers linked.

@@ -73,6 +73,12 @@ enum Command {
         /// in this directory (e.g. /etc/cni/net.d), also after the network plugin rewrites it.
         #[arg(long, requires = "cni_socket")]
         cni_conf_dir: Option<PathBuf>,
+        /// Hold a veth that appears while the agent runs closed (everything dropped) until a
+        /// local pod claims it, for at most this many seconds; then it passes unenforced until
+        /// its pod is known. 0: never hold (a new pod's first packets race its programming,
+        /// unless the CNI plugin is chained).
+        #[arg(long, default_value_t = 10)]
+        hold_new_interfaces: u64,
     },
     /// Run as the CNI chain plugin (also when this binary is invoked as `netpol-cni`): reads
     /// the CNI_* environment and the network configuration on standard input, as the container
@@ -209,6 +215,7 @@ fn main() -> anyhow::Result<()> {
             cni_socket,
             cni_bin_dir,
             cni_conf_dir,
+            hold_new_interfaces,
         } => {
             let health_addr = match health_addr.as_str() {
                 "off" => None,
@@ -233,6 +240,7 @@ fn main() -> anyhow::Result<()> {
                 cni_socket,
                 cni_bin_dir,
                 cni_conf_dir,
+                hold_new_interfaces: (hold_new_interfaces > 0).then(|| Duration::from_secs(hold_new_interfaces)),
             }))
         }
         Command::Cni => std::process::exit(netpol_agent::cni::main()),

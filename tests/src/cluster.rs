@@ -122,6 +122,15 @@ impl Cluster {
         self.nodes[self.pods[i].node].add_pod(namespace, name)
     }
 
+    /// Publishes a wired pod's addresses in the manifests, as the API does once the pod's
+    /// network is set up.
+    pub fn publish_addresses(&mut self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let pod = self.pod(namespace, name).clone();
+        let i = self.index(namespace, name);
+        self.pods[i].manifest.ips = vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)];
+        self.write_cluster()
+    }
+
     /// Starts the servers of a wired pod on its manifest's ports (its containers starting).
     pub fn start_servers(&mut self, namespace: &str, name: &str) -> anyhow::Result<()> {
         let i = self.index(namespace, name);

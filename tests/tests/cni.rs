@@ -1,7 +1,9 @@
-//! The CNI chain plugin (`netpol-agent cni`, installed as `netpol-cni`): a new pod's CNI ADD
-//! returns only once the agent enforces the pod's policies on its veth, so the pod's very first
-//! packet obeys them — on real namespaces, with the plugin run as the container runtime runs
-//! it (CNI_* environment, network configuration with the network plugin's result on stdin).
+//! New pods' first packets. With the CNI chain plugin (`netpol-agent cni`, installed as
+//! `netpol-cni`), a new pod's CNI ADD returns only once the agent enforces the pod's policies on
+//! its veth, so the pod's very first packet obeys them — on real namespaces, with the plugin run
+//! as the container runtime runs it (CNI_* environment, network configuration with the network
+//! plugin's result on stdin). Without it, a veth that appears while the agent runs is held
+//! closed until its pod is known (for a bounded time).
 
 use std::{
     io::Write as _,
@@ -138,13 +140,6 @@ fn a_new_pods_first_packets_obey_its_policies_once_cni_add_returns() {
     assert!(drops >= 1, "x/new's dropped SYN is not counted: {}", status["packets"]);
     assert_eq!(status["enforcing"]["x/new"].as_str(), Some(pod.host_if.as_str()), "{}", status["enforcing"]);
 
-    // For comparison, without the plugin: a pod wired the same way that sends at once races
-    // the agent's discovery of its veth (reported, not asserted: who wins is timing).
-    c.schedule_pod(0, "x", "late", &[("pod", "new")], PORTS).expect("schedule");
-    c.sync().expect("sync");
-    let late = c.wire_pod("x", "late").expect("wire");
-    let raced = first_syn_opens(&late.netns, b);
-    eprintln!("without the plugin, x/late's first connection to x/b (denied by policy) opened: {raced}");
 
     // DEL: the agent forgets the addresses; the pod stays enforced while its manifest lasts.
     let (code, _) = run_plugin_binary(&plugin, &[], "DEL", &socket, &pod, 2.0);
@@ -201,4 +196,45 @@ fn cni_add_fails_until_the_agent_can_enforce_the_pod() {
     let to_b = first_syn_opens(&ghost.netns, c.pod("x", "b").ipv4.into());
     let to_a = first_syn_opens(&ghost.netns, c.pod("x", "a").ipv4.into());
     assert!(!to_b && to_a, "after the retry: x/ghost -> x/b opens {to_b} (must not), -> x/a opens {to_a} (must)");
+}
+
+#[test]
+fn without_the_plugin_a_new_veth_is_held_closed_until_its_pod_is_known() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
+    c.namespace("x", &[]).expect("ns");
+    for p in ["a", "b"] {
+        c.add_pod(0, "x", p, &[("pod", p)], PORTS).expect("pod");
+    }
+    c.set_policies(&NEW_PODS.map(String::from)).expect("write");
+    c.start_agent(0, &["--hold-new-interfaces", "3"]).expect("agent");
+    c.sync().expect("sync");
+    let (a, b) = (c.pod("x", "a").ipv4.into(), c.pod("x", "b").ipv4.into());
+
+    // A pod wired while the agent runs sends the moment its interface is up, before the agent
+    // knows it: held closed, nothing opens (not even what its policy will allow).
+    c.schedule_pod(0, "x", "late", &[("pod", "new")], PORTS).expect("schedule");
+    let late = c.wire_pod("x", "late").expect("wire");
+    let to_b = first_syn_opens(&late.netns, b);
+    let to_a = first_syn_opens(&late.netns, a);
+    assert!(!to_b && !to_a, "held: x/late -> x/b opens {to_b}, -> x/a opens {to_a} (neither may)");
+    // Its addresses are published: its policy applies.
+    c.publish_addresses("x", "late").expect("publish");
+    c.sync().expect("sync");
+    let to_b = first_syn_opens(&late.netns, b);
+    let to_a = first_syn_opens(&late.netns, a);
+    assert!(!to_b && to_a, "known: x/late -> x/b opens {to_b} (must not), -> x/a opens {to_a} (must)");
+
+    // A veth no pod claims is released after the limit, and then passes.
+    let stray = c.nodes[0].add_pod("x", "stray").expect("wire");
+    assert!(!first_syn_opens(&stray.netns, b), "held at first");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut opened = false;
+    while !opened && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        opened = first_syn_opens(&stray.netns, b);
+    }
+    assert!(opened, "a veth no pod claims is released after --hold-new-interfaces\n{}", c.agent(0).log_tail());
 }
