@@ -12,7 +12,7 @@ use netpol_common::{deferred_slot, defer_mark, EndpointInfo, IpKey, Reason, DIR_
 use crate::{
     conntrack, count, events,
     maps::{CONNTRACK, ENDPOINTS, IPCACHE, SLOTS},
-    opens_flow, parse, policy,
+    opens_flow, parse, policy, revalidate,
 };
 
 /// Whether a new flow from a pod to `peer` is judged after NAT: the peer is not in the ipcache
@@ -78,11 +78,7 @@ fn judge(ctx: &TcContext, ep: &EndpointInfo) -> (Reason, u32) {
     if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer for the duration of the program.
         let ct = unsafe { &mut *ct };
-        if ct.generation != ep.generation {
-            let dport = if conntrack::is_forward(ct, src_is_a) { p.dport_be } else { p.sport_be };
-            ct.generation = ep.generation;
-            ct.revoked = u8::from(policy::allows(ep, DIR_EGRESS, &p.dst, p.protocol, dport) == policy::DENIED);
-        }
+        revalidate(ct, ep, src_is_a, &p.dst, &p);
         if ct.revoked == 0 {
             return (Reason::AllowEstablished, NONE);
         }

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    counter_index, EndpointInfo, EP_AUDIT, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
+    counter_index, CtValue, EndpointInfo, EP_AUDIT, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
 };
 
 use crate::{
@@ -143,13 +143,7 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
             }
             return (Reason::AllowEstablished, NONE);
         }
-        if ct.generation != ep.generation {
-            // The endpoint's policy changed since the flow was allowed: check it again as the
-            // flow was opened (same direction, the original destination port).
-            let dport = if conntrack::is_forward(ct, src_is_a) { p.dport_be } else { p.sport_be };
-            ct.generation = ep.generation;
-            ct.revoked = u8::from(policy::allows(ep, ct.direction, peer, p.protocol, dport) == policy::DENIED);
-        }
+        revalidate(ct, ep, src_is_a, peer, p);
         if ct.revoked == 0 {
             remember_first_fragment(ep, p);
             return (Reason::AllowEstablished, NONE);
@@ -178,6 +172,18 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
     conntrack::track(&key, src_is_a, direction, ep.generation, 0);
     remember_first_fragment(ep, p);
     (reason, rule)
+}
+
+/// If the endpoint's policy changed since the flow `ct` was allowed, checks it again as the
+/// flow was opened (same direction, the original destination port) and marks it revoked when
+/// the policy no longer allows it.
+#[inline(always)]
+pub(crate) fn revalidate(ct: &mut CtValue, ep: &EndpointInfo, src_is_a: bool, peer: &IpKey, p: &Packet) {
+    if ct.generation != ep.generation {
+        let dport = if conntrack::is_forward(ct, src_is_a) { p.dport_be } else { p.sport_be };
+        ct.generation = ep.generation;
+        ct.revoked = u8::from(policy::allows(ep, ct.direction, peer, p.protocol, dport) == policy::DENIED);
+    }
 }
 
 /// Whether an IPv6 packet carries an IPv4-mapped address (`::ffff:0:0/96`): never valid on an

@@ -25,6 +25,18 @@ struct PodEntry {
     servers: Option<Servers>,
 }
 
+/// A pod's ports as the manifests hold them: (name, port, protocol).
+fn port_list(ports: &[(&str, u16, &str)]) -> Vec<(String, u16, String)> {
+    ports.iter().map(|(n, p, proto)| ((*n).to_string(), *p, (*proto).to_string())).collect()
+}
+
+/// Starts a pod's servers on its TCP and UDP ports; each answers with "namespace/name\n" first.
+fn start_pod_servers(pod: &Pod, ports: &[(String, u16, String)]) -> anyhow::Result<Servers> {
+    let tcp: Vec<u16> = ports.iter().filter(|p| p.2 == "TCP").map(|p| p.1).collect();
+    let udp: Vec<u16> = ports.iter().filter(|p| p.2 == "UDP").map(|p| p.1).collect();
+    servers::start(&pod.netns, &tcp, &udp, &format!("{}/{}\n", pod.namespace, pod.name))
+}
+
 /// A sandbox cluster. Fields drop in order: agents first, then servers, manifests, nodes, underlay.
 pub struct Cluster {
     agents: Vec<Option<Agent>>,
@@ -78,40 +90,33 @@ impl Cluster {
     /// and rewrites the manifests.
     pub fn add_pod(&mut self, node: usize, namespace: &str, name: &str, l: Labels<'_>, ports: &[(&str, u16, &str)]) -> anyhow::Result<Pod> {
         let pod = self.nodes[node].add_pod(namespace, name)?;
-        let tcp: Vec<u16> = ports.iter().filter(|p| p.2 == "TCP").map(|p| p.1).collect();
-        let udp: Vec<u16> = ports.iter().filter(|p| p.2 == "UDP").map(|p| p.1).collect();
-        let servers = servers::start(&pod.netns, &tcp, &udp, &format!("{namespace}/{name}\n"))?;
-        self.pods.push(PodEntry {
+        let servers = start_pod_servers(&pod, &port_list(ports))?;
+        let ips = vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)];
+        self.pods.push(self.pod_entry(node, namespace, name, l, ports, ips, Some(servers)));
+        self.write_cluster()?;
+        Ok(pod)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pod_entry(&self, node: usize, namespace: &str, name: &str, l: Labels<'_>, ports: &[(&str, u16, &str)], ips: Vec<IpAddr>, servers: Option<Servers>) -> PodEntry {
+        PodEntry {
             manifest: PodManifest {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 labels: labels(l),
                 node: self.nodes[node].netns.clone(),
-                ips: vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)],
-                ports: ports.iter().map(|(n, p, proto)| ((*n).to_string(), *p, (*proto).to_string())).collect(),
+                ips,
+                ports: port_list(ports),
             },
             node,
-            servers: Some(servers),
-        });
-        self.write_cluster()?;
-        Ok(pod)
+            servers,
+        }
     }
 
     /// Puts a pod on node `node` in the manifests before it has a network, as the API shows a
     /// scheduled pod before the runtime's CNI ADD: no addresses, no interface, no servers.
     pub fn schedule_pod(&mut self, node: usize, namespace: &str, name: &str, l: Labels<'_>, ports: &[(&str, u16, &str)]) -> anyhow::Result<()> {
-        self.pods.push(PodEntry {
-            manifest: PodManifest {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                labels: labels(l),
-                node: self.nodes[node].netns.clone(),
-                ips: Vec::new(),
-                ports: ports.iter().map(|(n, p, proto)| ((*n).to_string(), *p, (*proto).to_string())).collect(),
-            },
-            node,
-            servers: None,
-        });
+        self.pods.push(self.pod_entry(node, namespace, name, l, ports, Vec::new(), None));
         self.write_cluster()
     }
 
@@ -134,11 +139,8 @@ impl Cluster {
     /// Starts the servers of a wired pod on its manifest's ports (its containers starting).
     pub fn start_servers(&mut self, namespace: &str, name: &str) -> anyhow::Result<()> {
         let i = self.index(namespace, name);
-        let netns = self.pod(namespace, name).netns.clone();
-        let ports = &self.pods[i].manifest.ports;
-        let tcp: Vec<u16> = ports.iter().filter(|p| p.2 == "TCP").map(|p| p.1).collect();
-        let udp: Vec<u16> = ports.iter().filter(|p| p.2 == "UDP").map(|p| p.1).collect();
-        self.pods[i].servers = Some(servers::start(&netns, &tcp, &udp, &format!("{namespace}/{name}\n"))?);
+        let servers = start_pod_servers(self.pod(namespace, name), &self.pods[i].manifest.ports)?;
+        self.pods[i].servers = Some(servers);
         Ok(())
     }
 

@@ -52,7 +52,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
 
 /// Probes `target` from inside network namespace `from`. True when the connection opened.
 pub fn probe(from: &str, target: &Target) -> bool {
-    let result = match target.protocol {
+    match target.protocol {
         Protocol::Tcp => netns::within(from, || TcpStream::connect_timeout(&SocketAddr::new(target.addr, target.port), PROBE_TIMEOUT))
             .ok()
             .and_then(Result::ok)
@@ -66,8 +66,7 @@ pub fn probe(from: &str, target: &Target) -> bool {
             netns::within(from, || UdpSocket::bind(bind)).ok().and_then(Result::ok).is_some_and(|s| udp_round_trip(&s, target))
         }
         Protocol::Sctp => netns::within(from, || send_sctp_init(target)).ok().flatten().is_some_and(|tag| sctp_arrived(target, tag)),
-    };
-    result
+    }
 }
 
 fn udp_round_trip(s: &UdpSocket, target: &Target) -> bool {
@@ -162,13 +161,6 @@ pub fn probe_many(probes: &[(String, Target)]) -> Vec<bool> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn crc32c_matches_the_rfc_3720_check_value() {
-        assert_eq!(super::crc32c(b"123456789"), 0xe306_9283);
-    }
-}
 
 /// Sends, from inside `from`, an IPv4 SCTP INIT whose source address is `src` (forged, with a
 /// header written by hand on an IPPROTO_RAW socket) to `dst:port`. Returns the verification tag
@@ -218,4 +210,12 @@ pub fn sctp_seen(seen: &SctpSeen, tag: u32, port: u16) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn crc32c_matches_the_rfc_3720_check_value() {
+        assert_eq!(super::crc32c(b"123456789"), 0xe306_9283);
+    }
 }

@@ -24,6 +24,17 @@ const NEW_PODS: [&str; 2] = [
     "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: new-ingress, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: new}}\n  policyTypes: [Ingress]\n  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]\n",
 ];
 
+/// One bridged node with x/a and x/b (servers on TCP 80) and the policies of [`NEW_PODS`].
+fn two_pods_and_the_new_pods_policies() -> Cluster {
+    let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
+    c.namespace("x", &[]).expect("ns");
+    for p in ["a", "b"] {
+        c.add_pod(0, "x", p, &[("pod", p)], PORTS).expect("pod");
+    }
+    c.set_policies(&NEW_PODS.map(String::from)).expect("write");
+    c
+}
+
 /// A socket path of this test run's own.
 fn socket_path() -> PathBuf {
     std::env::temp_dir().join(format!("{}.cni.sock", netns::unique("netpol-test-")))
@@ -82,12 +93,7 @@ fn a_new_pods_first_packets_obey_its_policies_once_cni_add_returns() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
-    c.namespace("x", &[]).expect("ns");
-    for p in ["a", "b"] {
-        c.add_pod(0, "x", p, &[("pod", p)], PORTS).expect("pod");
-    }
-    c.set_policies(&NEW_PODS.map(String::from)).expect("write");
+    let mut c = two_pods_and_the_new_pods_policies();
     let socket = socket_path();
     // The node's CNI directories, with the network plugin's configuration in place.
     let cni_dir = socket.with_extension("dirs");
@@ -161,12 +167,7 @@ fn cni_add_fails_until_the_agent_can_enforce_the_pod() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
-    c.namespace("x", &[]).expect("ns");
-    for p in ["a", "b"] {
-        c.add_pod(0, "x", p, &[("pod", p)], PORTS).expect("pod");
-    }
-    c.set_policies(&NEW_PODS.map(String::from)).expect("write");
+    let mut c = two_pods_and_the_new_pods_policies();
     let socket = socket_path();
 
     // No agent has ever run on the node (no socket): the pod passes, unenforced, so a node
@@ -203,12 +204,7 @@ fn without_the_plugin_a_new_veth_is_held_closed_until_its_pod_is_known() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new(&[Shape::Bridge]).expect("node");
-    c.namespace("x", &[]).expect("ns");
-    for p in ["a", "b"] {
-        c.add_pod(0, "x", p, &[("pod", p)], PORTS).expect("pod");
-    }
-    c.set_policies(&NEW_PODS.map(String::from)).expect("write");
+    let mut c = two_pods_and_the_new_pods_policies();
     c.start_agent(0, &["--hold-new-interfaces", "3"]).expect("agent");
     c.sync().expect("sync");
     let (a, b) = (c.pod("x", "a").ipv4.into(), c.pod("x", "b").ipv4.into());

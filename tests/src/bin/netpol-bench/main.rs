@@ -21,6 +21,9 @@ impl Figures {
     }
 }
 
+/// One benchmark: adds its figures.
+type Bench = fn(&mut Figures) -> anyhow::Result<()>;
+
 fn main() -> ExitCode {
     let mut out = PathBuf::from("target/bench/results.json");
     let mut only: Vec<String> = Vec::new();
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut figures = Figures::default();
-    let benches: [(&str, fn(&mut Figures) -> anyhow::Result<()>); 4] = [
+    let benches: [(&str, Bench); 4] = [
         ("datapath", datapath::run),
         ("control", control::run),
         ("convergence", convergence::run),
