@@ -86,11 +86,13 @@ struct Holds {
 
 impl Holds {
     /// Holds every veth with its peer in another namespace that is new since the agent started,
-    /// has no endpoint yet and was not released before; forgets veths that are gone.
+    /// has no endpoint yet, no address of its own and was not released before; releases held
+    /// veths that got an address (a link of the node's, like an underlay to other nodes, not a
+    /// pod's); forgets veths that are gone.
     fn hold_new(&mut self, datapath: &mut Datapath) {
-        let veths = match netlink::list_veth_links() {
-            Ok(v) => v,
-            Err(e) => {
+        let (veths, addressed) = match (netlink::list_veth_links(), netlink::addressed_interfaces()) {
+            (Ok(v), Ok(a)) => (v, a),
+            (Err(e), _) | (_, Err(e)) => {
                 warn!(error = %e, "list veths to hold new ones");
                 return;
             }
@@ -98,9 +100,16 @@ impl Holds {
         let present: BTreeSet<u32> = veths.iter().map(|v| v.ifindex).collect();
         self.since.retain(|i, _| present.contains(i));
         self.released.retain(|i| present.contains(i));
+        let addressed_held: Vec<u32> = addressed.iter().filter(|i| self.since.contains_key(i)).copied().collect();
+        for ifindex in addressed_held {
+            info!(ifindex, "held veth has an address of its own: the node's, not a pod's; released");
+            datapath.release(ifindex);
+            self.since.remove(&ifindex);
+            self.released.insert(ifindex);
+        }
         for v in veths {
             let new = !self.baseline.contains(&v.ifindex) && !self.released.contains(&v.ifindex) && !self.since.contains_key(&v.ifindex);
-            if !new || datapath.current_endpoints().contains_key(&v.ifindex) {
+            if !new || addressed.contains(&v.ifindex) || datapath.current_endpoints().contains_key(&v.ifindex) {
                 continue;
             }
             match datapath.hold(&PodInterface { ifindex: v.ifindex, name: v.name.clone() }) {

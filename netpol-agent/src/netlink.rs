@@ -21,6 +21,10 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 const IFA_TARGET_NETNSID: u16 = 10;
 /// `RTNLGRP_LINK`: link add, change and delete notifications.
 const RTNLGRP_LINK: u32 = 1;
+/// `RTNLGRP_IPV4_IFADDR`: IPv4 address notifications.
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+/// `RTNLGRP_IPV6_IFADDR`: IPv6 address notifications.
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
 
 /// Errors of netlink queries.
 #[derive(Debug, thiserror::Error)]
@@ -222,17 +226,39 @@ pub fn local_addresses() -> Result<Vec<IpAddr>, NetlinkError> {
     Ok(out)
 }
 
+/// Interfaces of this namespace with an address of their own (IPv4, or IPv6 other than
+/// link-local): the node's interfaces, never the host side of a pod's veth in a bridge or a
+/// routed /32 set-up.
+pub fn addressed_interfaces() -> Result<std::collections::BTreeSet<u32>, NetlinkError> {
+    let socket = open("list addresses")?;
+    let mut out = std::collections::BTreeSet::new();
+    for m in dump(&socket, "list addresses", RouteNetlinkMessage::GetAddress(AddressMessage::default()))? {
+        let RouteNetlinkMessage::NewAddress(addr) = m else { continue };
+        let own = addr.attributes.iter().any(|a| match a {
+            AddressAttribute::Address(IpAddr::V4(_)) => true,
+            AddressAttribute::Address(IpAddr::V6(v6)) => v6.segments()[0] & 0xffc0 != 0xfe80,
+            _ => false,
+        });
+        if own {
+            out.insert(addr.header.index);
+        }
+    }
+    Ok(out)
+}
+
 /// A socket subscribed to link notifications; [`LinkEvents::wait`] blocks until one arrives.
 pub struct LinkEvents {
     socket: Socket,
 }
 
 impl LinkEvents {
-    /// Subscribes to link add/change/delete notifications of this namespace.
+    /// Subscribes to link add/change/delete and address notifications of this namespace.
     pub fn subscribe() -> Result<Self, NetlinkError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(io("subscribe to link events"))?;
         socket.bind_auto().map_err(io("subscribe to link events"))?;
-        socket.add_membership(RTNLGRP_LINK).map_err(io("subscribe to link events"))?;
+        for group in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR] {
+            socket.add_membership(group).map_err(io("subscribe to link events"))?;
+        }
         Ok(Self { socket })
     }
 

@@ -35,6 +35,45 @@ fn two_pods_and_the_new_pods_policies() -> Cluster {
     c
 }
 
+/// A link of the node's own made while the agent runs: a veth to a namespace of its own, with
+/// addresses on both ends and a server on the far end's TCP 80. Removed on drop.
+struct NodeLink {
+    far: String,
+    servers: Option<netpol_sandbox::servers::Servers>,
+}
+
+impl NodeLink {
+    const NEAR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 19, 250, 1);
+    const FAR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 19, 250, 2);
+
+    fn new(node: &str) -> Self {
+        let far = netns::unique("npl");
+        netns::ip(&["netns", "add", &far]).expect("netns");
+        // From here on, Drop deletes the namespace whatever fails next.
+        let mut link = Self { far: far.clone(), servers: None };
+        let near_if = format!("lnk{:08x}", netpol_sandbox::node::random_u32());
+        for args in [
+            vec!["-n", node, "link", "add", &near_if, "type", "veth", "peer", "name", "eth0", "netns", &far],
+            vec!["-n", node, "addr", "add", "198.19.250.1/30", "dev", &near_if],
+            vec!["-n", &far, "addr", "add", "198.19.250.2/30", "dev", "eth0"],
+            vec!["-n", &far, "link", "set", "lo", "up"],
+            vec!["-n", &far, "link", "set", "eth0", "up"],
+            vec!["-n", node, "link", "set", &near_if, "up"],
+        ] {
+            netns::ip(&args).expect("set up the link");
+        }
+        link.servers = Some(netpol_sandbox::servers::start(&far, &[80], &[], "far\n").expect("server"));
+        link
+    }
+}
+
+impl Drop for NodeLink {
+    fn drop(&mut self) {
+        self.servers = None;
+        let _ = netns::ip(&["netns", "del", &self.far]);
+    }
+}
+
 /// A socket path of this test run's own.
 fn socket_path() -> PathBuf {
     std::env::temp_dir().join(format!("{}.cni.sock", netns::unique("netpol-test-")))
@@ -205,7 +244,7 @@ fn without_the_plugin_a_new_veth_is_held_closed_until_its_pod_is_known() {
         return;
     }
     let mut c = two_pods_and_the_new_pods_policies();
-    c.start_agent(0, &["--hold-new-interfaces", "3"]).expect("agent");
+    c.start_agent(0, &["--hold-new-interfaces", "5"]).expect("agent");
     c.sync().expect("sync");
     let (a, b) = (c.pod("x", "a").ipv4.into(), c.pod("x", "b").ipv4.into());
 
@@ -222,6 +261,19 @@ fn without_the_plugin_a_new_veth_is_held_closed_until_its_pod_is_known() {
     let to_b = first_syn_opens(&late.netns, b);
     let to_a = first_syn_opens(&late.netns, a);
     assert!(!to_b && to_a, "known: x/late -> x/b opens {to_b} (must not), -> x/a opens {to_a} (must)");
+
+    // A veth of the node's own, added while the agent runs (an underlay link to another node,
+    // say): released as soon as it has an address, long before the limit.
+    let link = NodeLink::new(&c.nodes[0].netns);
+    let started = Instant::now();
+    let mut opened = false;
+    while !opened && started.elapsed() < Duration::from_secs(3) {
+        opened = netns::within(&c.nodes[0].netns, || TcpStream::connect_timeout(&SocketAddr::new(NodeLink::FAR.into(), 80), Duration::from_millis(200)).is_ok())
+            .expect("enter netns");
+    }
+    assert!(opened, "the node's own new link still closed after {:?}\n{}", started.elapsed(), c.agent(0).log_tail());
+    eprintln!("the node's new link carried a connection {:?} after it was made", started.elapsed());
+    drop(link);
 
     // A veth no pod claims is released after the limit, and then passes.
     let stray = c.nodes[0].add_pod("x", "stray").expect("wire");
