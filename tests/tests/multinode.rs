@@ -419,9 +419,11 @@ const SERVICE_CONNECTIONS: usize = 40;
 /// What one connection to the ClusterIP did: the banner of the backend that answered (every
 /// sandbox server writes "namespace/name\n" first) and whether bytes sent then came back.
 fn through_service(netns_name: &str) -> Option<(String, bool)> {
-    // Below the first SYN retransmission (1 s): each attempt is exactly one SYN, so one new
-    // conntrack entry and one pass through kube-proxy's rules.
-    let mut s = netns::within(netns_name, || TcpStream::connect_timeout(&SocketAddr::new(CLUSTER_IP.into(), 80), Duration::from_millis(500)))
+    // Below the first SYN retransmission (1 s): each attempt is exactly one SYN, and from a
+    // source port of its own, so one new conntrack entry and one pass through kube-proxy's rules
+    // (a port the kernel picked again would meet the conntrack entry of an earlier, denied SYN
+    // and its NAT binding, and skip the rules).
+    let mut s = netns::within(netns_name, || connect_from(next_source_port(), SocketAddr::new(CLUSTER_IP.into(), 80), Duration::from_millis(500)))
         .expect("enter the client's netns")
         .ok()?;
     s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
@@ -431,6 +433,42 @@ fn through_service(netns_name: &str) -> Option<(String, bool)> {
     let mut echo = [0u8; 16];
     let echoed = s.write_all(b"ping\n").is_ok() && s.read(&mut echo).is_ok_and(|n| echo[..n] == *b"ping\n");
     Some((banner, echoed))
+}
+
+/// A source port not used before in this process (from a random start).
+fn next_source_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (netpol_sandbox::node::random_u32() % 20_000) as u16, Ordering::Relaxed, Ordering::Relaxed);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A TCP connection to `to` from source port `port`, given up after `timeout`.
+fn connect_from(port: u16, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_NONBLOCK, None)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(0, 0, 0, 0, port))?;
+    let SocketAddr::V4(v4) = to else { return Err(std::io::Error::other("IPv4 only")) };
+    match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&fd), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(60_000) as i32) };
+    if ready < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if ready == 0 {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    let err = getsockopt(&fd, sockopt::SocketError)?;
+    if err != 0 {
+        return Err(std::io::Error::from_raw_os_error(err));
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 /// Packets counted by the DNAT rule of a kube-proxy endpoint chain (one per new connection).
