@@ -72,15 +72,14 @@ pub struct RunConfig {
     pub hold_new_interfaces: Option<Duration>,
 }
 
-/// Veths that appeared while the agent runs, held closed until their pod is known.
+/// Which veths may be held closed until their pod is known ([`Datapath::hold`] keeps the ones
+/// held, and since when).
 #[derive(Debug, Default)]
 struct Holds {
     /// Veths there when the agent started (never held: the node's own, and pods enforced by the
     /// first sync).
     baseline: BTreeSet<u32>,
-    /// Veths held, since when.
-    since: BTreeMap<u32, Instant>,
-    /// Veths held once and released (their pod never came): not held again.
+    /// Veths held once and released (no pod came, or they are the node's): not held again.
     released: BTreeSet<u32>,
 }
 
@@ -98,43 +97,41 @@ impl Holds {
             }
         };
         let present: BTreeSet<u32> = veths.iter().map(|v| v.ifindex).collect();
-        self.since.retain(|i, _| present.contains(i));
         self.released.retain(|i| present.contains(i));
-        let addressed_held: Vec<u32> = addressed.iter().filter(|i| self.since.contains_key(i)).copied().collect();
+        let gone: Vec<u32> = datapath.held().keys().filter(|i| !present.contains(i)).copied().collect();
+        for ifindex in gone {
+            datapath.release(ifindex);
+        }
+        let addressed_held: Vec<u32> = datapath.held().keys().filter(|i| addressed.contains(i)).copied().collect();
         for ifindex in addressed_held {
             info!(ifindex, "held veth has an address of its own: the node's, not a pod's; released");
-            datapath.release(ifindex);
-            self.since.remove(&ifindex);
-            self.released.insert(ifindex);
+            self.release(datapath, ifindex);
         }
         for v in veths {
-            let new = !self.baseline.contains(&v.ifindex) && !self.released.contains(&v.ifindex) && !self.since.contains_key(&v.ifindex);
+            let new = !self.baseline.contains(&v.ifindex) && !self.released.contains(&v.ifindex);
             if !new || addressed.contains(&v.ifindex) || datapath.current_endpoints().contains_key(&v.ifindex) {
                 continue;
             }
             match datapath.hold(&PodInterface { ifindex: v.ifindex, name: v.name.clone() }) {
-                Ok(()) => {
-                    info!(interface = %v.name, ifindex = v.ifindex, "new veth held closed until its pod is known");
-                    self.since.insert(v.ifindex, Instant::now());
-                }
+                Ok(()) => info!(interface = %v.name, ifindex = v.ifindex, "new veth held closed until its pod is known"),
                 Err(e) => warn!(interface = %v.name, error = format!("{e:#}"), "could not hold a new veth"),
             }
         }
     }
 
     /// Releases the veths held longer than `limit` that no pod claimed (their entries and
-    /// links go with the next apply), and forgets the claimed ones.
+    /// links go with the next apply).
     fn release_expired(&mut self, datapath: &mut Datapath, limit: Duration) {
-        let held: BTreeSet<u32> = datapath.held().map(|i| i.ifindex).collect();
-        // Claimed by a pod since: no longer ours to release.
-        self.since.retain(|i, _| held.contains(i));
-        let expired: Vec<u32> = self.since.iter().filter(|(_, t)| t.elapsed() >= limit).map(|(i, _)| *i).collect();
+        let expired: Vec<u32> = datapath.held().iter().filter(|(_, t)| t.elapsed() >= limit).map(|(i, _)| *i).collect();
         for ifindex in expired {
             warn!(ifindex, held_seconds = limit.as_secs(), "no local pod claimed a held veth: released (it passes unenforced)");
-            datapath.release(ifindex);
-            self.since.remove(&ifindex);
-            self.released.insert(ifindex);
+            self.release(datapath, ifindex);
         }
+    }
+
+    fn release(&mut self, datapath: &mut Datapath, ifindex: u32) {
+        datapath.release(ifindex);
+        self.released.insert(ifindex);
     }
 }
 
@@ -342,7 +339,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         // A pod's address is configured inside its own namespace, which raises no event here:
         // while a local pod has no interface yet, look again soon (backing off to the resync
         // period, for pods whose interface does not come).
-        if status.attached.len() < status.local_pods.len() || !holds.since.is_empty() {
+        if status.attached.len() < status.local_pods.len() || !datapath.held().is_empty() {
             next_sync = tokio::time::Instant::now() + unattached_delay.min(cfg.resync);
             unattached_delay = unattached_delay.saturating_mul(2);
         } else {
@@ -434,12 +431,7 @@ fn sync(
     let interfaces = find_interfaces(&desired).context("find pod interfaces")?;
     let exits = netlink::list_ethernet_interfaces().context("list interfaces")?;
     let mut stats = datapath.apply_exits(&exits);
-    let pods = datapath.apply(&desired, &interfaces);
-    stats.writes += pods.writes;
-    stats.deletes += pods.deletes;
-    stats.attached += pods.attached;
-    stats.detached += pods.detached;
-    stats.errors.extend(pods.errors);
+    stats.absorb(datapath.apply(&desired, &interfaces));
 
     for p in &loaded.problems {
         if !status.problems.contains(p) {

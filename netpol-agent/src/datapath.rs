@@ -140,6 +140,17 @@ pub struct ApplyStats {
     pub errors: Vec<String>,
 }
 
+impl ApplyStats {
+    /// Adds what another reconciliation did.
+    pub fn absorb(&mut self, other: ApplyStats) {
+        self.writes += other.writes;
+        self.deletes += other.deletes;
+        self.attached += other.attached;
+        self.detached += other.detached;
+        self.errors.extend(other.errors);
+    }
+}
+
 /// The loaded data path and a mirror of what the maps hold.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -155,8 +166,8 @@ pub struct Datapath {
     rule_hits: PerCpuArray<MapData, u64>,
     /// `MAP_SLOTS`: written with every endpoint.
     slots: Array<MapData, u32>,
-    /// Interfaces held closed ([`Datapath::hold`]) until a local pod claims them.
-    held: BTreeMap<u32, PodInterface>,
+    /// Interfaces held closed ([`Datapath::hold`]) until a local pod claims them, since when.
+    held: BTreeMap<u32, std::time::Instant>,
     cur_endpoints: BTreeMap<u32, EndpointInfo>,
     cur_ipcache: BTreeMap<IpKey, u32>,
     cur_cidrs: BTreeMap<CidrKey, u32>,
@@ -544,7 +555,7 @@ impl Datapath {
         };
         self.endpoints.insert(iface.ifindex, info, 0).map_err(map_err(format!("hold {}", iface.name)))?;
         self.cur_endpoints.insert(iface.ifindex, info);
-        self.held.insert(iface.ifindex, iface.clone());
+        self.held.insert(iface.ifindex, std::time::Instant::now());
         if !self.link_pin(iface.ifindex, PROG_FROM_POD).exists() {
             self.attach(iface)?;
         }
@@ -557,9 +568,9 @@ impl Datapath {
         self.held.remove(&ifindex);
     }
 
-    /// Interfaces held closed, by ifindex.
-    pub fn held(&self) -> impl Iterator<Item = &PodInterface> {
-        self.held.values()
+    /// Interfaces held closed (ifindex), and since when.
+    pub fn held(&self) -> &BTreeMap<u32, std::time::Instant> {
+        &self.held
     }
 
     /// Whether the interface `ifindex` has its endpoint entry and both classifiers linked.
@@ -614,17 +625,7 @@ impl Datapath {
         let pinned = self.pinned_exits();
         for iface in interfaces.iter().filter(|i| !pinned.contains(&i.ifindex)) {
             let pin = self.exit_pin(iface.ifindex);
-            let attached = (|| -> Result<()> {
-                let prog = program(&mut self.ebpf, PROG_EXIT)?;
-                let id = prog.attach(&iface.name, TcAttachType::Egress).map_err(prog_err(format!("attach {PROG_EXIT} to {}", iface.name)))?;
-                let link: FdLink = prog
-                    .take_link(id)
-                    .map_err(prog_err(format!("take link of {PROG_EXIT} on {}", iface.name)))?
-                    .try_into()
-                    .map_err(|e| DatapathError::Link { op: format!("link of {PROG_EXIT} on {}", iface.name), source: Box::new(e) })?;
-                link.pin(&pin).map_err(|source| DatapathError::Pin { path: pin.clone(), source: Box::new(source) })?;
-                Ok(())
-            })();
+            let attached = self.attach_pinned(PROG_EXIT, &iface.name, TcAttachType::Egress, &pin);
             match attached {
                 Ok(()) => stats.attached += 1,
                 // An interface that went away meanwhile is no error.
@@ -637,13 +638,7 @@ impl Datapath {
         let wanted: BTreeSet<u32> = interfaces.iter().map(|i| i.ifindex).collect();
         for ifindex in pinned.difference(&wanted) {
             // The interface is gone (and its link with it); only the pin is left.
-            let pin = self.exit_pin(*ifindex);
-            let _ = detach_pinned_link(&pin);
-            if let Err(e) = std::fs::remove_file(&pin) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    stats.errors.push(format!("unpin {}: {e}", pin.display()));
-                }
-            }
+            unpin(&self.exit_pin(*ifindex), &mut stats);
             stats.detached += 1;
         }
         stats
@@ -662,15 +657,19 @@ impl Datapath {
     fn attach(&mut self, iface: &PodInterface) -> Result<()> {
         for (name, attach_type) in [(PROG_TO_POD, TcAttachType::Egress), (PROG_FROM_POD, TcAttachType::Ingress)] {
             let pin = self.link_pin(iface.ifindex, name);
-            let prog = program(&mut self.ebpf, name)?;
-            let id = prog.attach(&iface.name, attach_type).map_err(prog_err(format!("attach {name} to {}", iface.name)))?;
-            let link = prog.take_link(id).map_err(prog_err(format!("take link of {name} on {}", iface.name)))?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|e| DatapathError::Link { op: format!("link of {name} on {}", iface.name), source: Box::new(e) })?;
-            link.pin(&pin).map_err(|source| DatapathError::Pin { path: pin.clone(), source: Box::new(source) })?;
+            self.attach_pinned(name, &iface.name, attach_type, &pin)?;
         }
         Ok(())
+    }
+
+    /// Attaches program `name` to interface `iface` at `attach_type` and pins the TCX link at
+    /// `pin`.
+    fn attach_pinned(&mut self, name: &str, iface: &str, attach_type: TcAttachType, pin: &Path) -> Result<()> {
+        let prog = program(&mut self.ebpf, name)?;
+        let id = prog.attach(iface, attach_type).map_err(prog_err(format!("attach {name} to {iface}")))?;
+        let link = prog.take_link(id).map_err(prog_err(format!("take link of {name} on {iface}")))?;
+        let link: FdLink = link.try_into().map_err(|e| DatapathError::Link { op: format!("link of {name} on {iface}"), source: Box::new(e) })?;
+        link.pin(pin).map(drop).map_err(|source| DatapathError::Pin { path: pin.to_path_buf(), source: Box::new(source) })
     }
 
     /// Points links pinned by an earlier agent at this agent's programs (atomically, with no
@@ -701,17 +700,21 @@ impl Datapath {
 
     fn unpin_links(&mut self, ifindex: u32, stats: &mut ApplyStats) {
         for name in [PROG_TO_POD, PROG_FROM_POD] {
-            let pin = self.link_pin(ifindex, name);
-            if let Err(e) = detach_pinned_link(&pin) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    stats.errors.push(format!("detach {}: {e}", pin.display()));
-                }
-            }
-            if let Err(e) = std::fs::remove_file(&pin) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    stats.errors.push(format!("unpin {}: {e}", pin.display()));
-                }
-            }
+            unpin(&self.link_pin(ifindex, name), stats);
+        }
+    }
+}
+
+/// Detaches the link pinned at `pin` and removes the pin (either gone already is no error).
+fn unpin(pin: &Path, stats: &mut ApplyStats) {
+    if let Err(e) = detach_pinned_link(pin) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            stats.errors.push(format!("detach {}: {e}", pin.display()));
+        }
+    }
+    if let Err(e) = std::fs::remove_file(pin) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            stats.errors.push(format!("unpin {}: {e}", pin.display()));
         }
     }
 }

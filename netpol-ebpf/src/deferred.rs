@@ -7,12 +7,14 @@
 //! one of the node's own interfaces — with the address it really goes to.
 
 use aya_ebpf::programs::TcContext;
-use netpol_common::{deferred_slot, defer_mark, EndpointInfo, IpKey, Reason, DIR_EGRESS, EP_AUDIT, MARK_DEFER_MASK};
+use netpol_common::{deferred_slot, defer_mark, EndpointInfo, IpKey, Reason, DIR_EGRESS, MARK_DEFER_MASK};
 
 use crate::{
     conntrack, count, events,
     maps::{CONNTRACK, ENDPOINTS, IPCACHE, SLOTS},
-    opens_flow, parse, policy, revalidate,
+    opens_flow,
+    parse::{self, Packet},
+    policy, revalidate, settle,
 };
 
 /// Whether a new flow from a pod to `peer` is judged after NAT: the peer is not in the ipcache
@@ -52,37 +54,30 @@ pub fn denied(ctx: &TcContext) -> bool {
             return true;
         }
     };
-    let (reason, rule) = judge(ctx, &ep);
-    let audit = ep.flags & EP_AUDIT != 0 && reason.is_policy_drop();
-    match reason {
-        Reason::AllowEstablished => return false,
-        Reason::AllowPolicy | Reason::AllowNotIsolated => events::count_rule_hit(rule),
-        _ => {}
-    }
-    count(ep.slot, DIR_EGRESS, if audit { Reason::AllowAudit } else { reason });
-    if reason.is_drop() || reason == Reason::AllowPolicy {
-        let parsed = parse::parse(ctx);
-        events::report(&ep, DIR_EGRESS, reason, rule, parsed.as_ref().ok());
-    }
-    reason.is_drop() && !audit
+    let parsed = parse::parse(ctx);
+    let (reason, rule) = match &parsed {
+        Ok(p) => judge(ctx, &ep, p),
+        Err(_) => (Reason::DropMalformed, policy::DENIED),
+    };
+    // Established packets were counted on the pod's veth already.
+    reason != Reason::AllowEstablished && settle(&ep, DIR_EGRESS, reason, rule, parsed.as_ref().ok())
 }
 
 /// The egress verdict of endpoint `ep` on a deferred packet, with the rule that allowed a new
 /// flow; conntrack entries are kept on the endpoint as for any flow, under the addresses after
 /// NAT.
 #[inline(always)]
-fn judge(ctx: &TcContext, ep: &EndpointInfo) -> (Reason, u32) {
+fn judge(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> (Reason, u32) {
     const NONE: u32 = policy::DENIED;
-    let Ok(p) = parse::parse(ctx) else { return (Reason::DropMalformed, NONE) };
     let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
     if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer for the duration of the program.
         let ct = unsafe { &mut *ct };
-        revalidate(ct, ep, src_is_a, &p.dst, &p);
+        revalidate(ct, ep, src_is_a, &p.dst, p);
         if ct.revoked == 0 {
             return (Reason::AllowEstablished, NONE);
         }
-        if !opens_flow(ctx, &p) {
+        if !opens_flow(ctx, p) {
             return (Reason::DropRevoked, NONE);
         }
     }
@@ -91,5 +86,9 @@ fn judge(ctx: &TcContext, ep: &EndpointInfo) -> (Reason, u32) {
         return (Reason::DropNoRule, NONE);
     }
     conntrack::track(&key, src_is_a, DIR_EGRESS, ep.generation, 0);
-    (if policy::isolated(ep, DIR_EGRESS) { Reason::AllowPolicy } else { Reason::AllowNotIsolated }, rule)
+    if !policy::isolated(ep, DIR_EGRESS) {
+        return (Reason::AllowNotIsolated, rule);
+    }
+    events::count_rule_hit(rule);
+    (Reason::AllowPolicy, rule)
 }

@@ -71,16 +71,23 @@ fn verdict(ctx: &TcContext, direction: u8) -> i32 {
     };
     let parsed = parse::parse(ctx);
     let (decided, rule) = decide(ctx, ep, direction, &parsed);
-    let reason = if ep.flags & EP_AUDIT != 0 && decided.is_policy_drop() { Reason::AllowAudit } else { decided };
-    count(ep.slot, direction, reason);
-    if decided.is_drop() || matches!(decided, Reason::AllowPolicy | Reason::AllowNotIsolated) {
-        events::report(ep, direction, decided, rule, parsed.as_ref().ok());
-    }
-    if reason.is_drop() {
+    if settle(ep, direction, decided, rule, parsed.as_ref().ok()) {
         TC_ACT_SHOT
     } else {
         TC_ACT_UNSPEC
     }
+}
+
+/// The end of every verdict: counts it (in audit mode a policy drop as
+/// [`Reason::AllowAudit`]), reports the ones that call for an event, and says whether to drop.
+#[inline(always)]
+pub(crate) fn settle(ep: &EndpointInfo, direction: u8, decided: Reason, rule: u32, packet: Option<&Packet>) -> bool {
+    let reason = if ep.flags & EP_AUDIT != 0 && decided.is_policy_drop() { Reason::AllowAudit } else { decided };
+    count(ep.slot, direction, reason);
+    if decided.is_drop() || matches!(decided, Reason::AllowPolicy | Reason::AllowNotIsolated) {
+        events::report(ep, direction, decided, rule, packet);
+    }
+    reason.is_drop()
 }
 
 /// Counts one packet of endpoint slot `slot` in `direction` under `reason`.
