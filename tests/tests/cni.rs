@@ -52,10 +52,11 @@ impl NodeLink {
         // From here on, Drop deletes the namespace whatever fails next.
         let mut link = Self { far: far.clone(), servers: None };
         let near_if = format!("lnk{:08x}", netpol_sandbox::node::random_u32());
+        let (near, far_addr) = (format!("{}/30", Self::NEAR), format!("{}/30", Self::FAR));
         for args in [
             vec!["-n", node, "link", "add", &near_if, "type", "veth", "peer", "name", "eth0", "netns", &far],
-            vec!["-n", node, "addr", "add", "198.19.250.1/30", "dev", &near_if],
-            vec!["-n", &far, "addr", "add", "198.19.250.2/30", "dev", "eth0"],
+            vec!["-n", node, "addr", "add", &near, "dev", &near_if],
+            vec!["-n", &far, "addr", "add", &far_addr, "dev", "eth0"],
             vec!["-n", &far, "link", "set", "lo", "up"],
             vec!["-n", &far, "link", "set", "eth0", "up"],
             vec!["-n", node, "link", "set", &near_if, "up"],
