@@ -23,7 +23,7 @@ use aya::{
 };
 use netpol_common::{
     counter_index, COUNTER_SLOTS, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
-    EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_PEER_RULES,
+    EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EPOCH, MAP_IPCACHE, MAP_PEER_RULES,
     MAP_POLICY, MAP_PORT_RULES, MAP_EVENT_STATS, MAP_RULE_HITS, MAP_SLOTS, event_stat_index, EVENT_STAT_KINDS, RULE_HITS_MAX,
 };
 
@@ -166,6 +166,12 @@ pub struct Datapath {
     rule_hits: PerCpuArray<MapData, u64>,
     /// `MAP_SLOTS`: written with every endpoint.
     slots: Array<MapData, u32>,
+    /// `MAP_EPOCH`: bumped after every endpoint write ([`Datapath::bump_epoch`]).
+    epoch: Array<MapData, u32>,
+    /// The last epoch written (never 0).
+    cur_epoch: u32,
+    /// Whether the classifiers use their flow cache (the epoch map holds 0 when not).
+    flow_cache: bool,
     /// Interfaces held closed ([`Datapath::hold`]) until a local pod claims them, since when.
     held: BTreeMap<u32, std::time::Instant>,
     cur_endpoints: BTreeMap<u32, EndpointInfo>,
@@ -225,6 +231,8 @@ impl Datapath {
         let event_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_EVENT_STATS)?).map_err(map_err(MAP_EVENT_STATS))?;
         let rule_hits = PerCpuArray::try_from(take(&mut ebpf, MAP_RULE_HITS)?).map_err(map_err(MAP_RULE_HITS))?;
         let slots = Array::try_from(take(&mut ebpf, MAP_SLOTS)?).map_err(map_err(MAP_SLOTS))?;
+        let epoch: Array<MapData, u32> = Array::try_from(take(&mut ebpf, MAP_EPOCH)?).map_err(map_err(MAP_EPOCH))?;
+        let cur_epoch = epoch.get(&0, 0).map_err(map_err("read epoch"))?;
         let mut dp = Self {
             ebpf,
             links_dir,
@@ -238,6 +246,9 @@ impl Datapath {
             event_stats,
             rule_hits,
             slots,
+            epoch,
+            cur_epoch,
+            flow_cache: true,
             held: BTreeMap::new(),
             cur_endpoints: BTreeMap::new(),
             cur_ipcache: BTreeMap::new(),
@@ -251,6 +262,8 @@ impl Datapath {
         };
         dp.read_current()?;
         dp.zero_rule_hits()?;
+        // Whatever an earlier agent left, flows are checked in full once more.
+        dp.bump_epoch().map_err(map_err("write epoch"))?;
         Ok(dp)
     }
 
@@ -514,6 +527,7 @@ impl Datapath {
                         self.fingerprints.remove(&ep.endpoint);
                     }
                     stats.deletes += 1;
+                    self.bump_epoch_into(&mut stats);
                 }
                 Err(e) => stats.errors.push(format!("delete endpoint of ifindex {ifindex}: {e}")),
             }
@@ -555,6 +569,7 @@ impl Datapath {
         };
         self.endpoints.insert(iface.ifindex, info, 0).map_err(map_err(format!("hold {}", iface.name)))?;
         self.cur_endpoints.insert(iface.ifindex, info);
+        self.bump_epoch().map_err(map_err(format!("hold {}: write epoch", iface.name)))?;
         self.held.insert(iface.ifindex, std::time::Instant::now());
         if !self.link_pin(iface.ifindex, PROG_FROM_POD).exists() {
             self.attach(iface)?;
@@ -594,9 +609,32 @@ impl Datapath {
             Ok(()) => {
                 self.cur_endpoints.insert(ifindex, info);
                 stats.writes += 1;
+                self.bump_epoch_into(stats);
             }
             Err(e) => stats.errors.push(format!("write endpoint of ifindex {ifindex}: {e}")),
         }
+    }
+
+    /// Moves the endpoint epoch on after an endpoint write, so that the classifiers' flow
+    /// caches stop using what they learnt under the earlier endpoint: the next packet of every
+    /// flow takes the full path (conntrack, and policy if the generation changed).
+    fn bump_epoch(&mut self) -> std::result::Result<(), aya::maps::MapError> {
+        self.cur_epoch = self.cur_epoch.wrapping_add(1).max(1);
+        self.epoch.set(0, if self.flow_cache { self.cur_epoch } else { 0 }, 0)
+    }
+
+    /// [`Datapath::bump_epoch`], a failure recorded in `stats`.
+    fn bump_epoch_into(&mut self, stats: &mut ApplyStats) {
+        if let Err(e) = self.bump_epoch() {
+            stats.errors.push(format!("write endpoint epoch: {e}"));
+        }
+    }
+
+    /// Turns the classifiers' flow cache on or off (on after [`Datapath::load`]): off, every
+    /// packet takes the full path, as the benchmarks measure it.
+    pub fn set_flow_cache(&mut self, on: bool) -> Result<()> {
+        self.flow_cache = on;
+        self.bump_epoch().map_err(map_err("write epoch"))
     }
 
     fn link_pin(&self, ifindex: u32, program: &str) -> PathBuf {

@@ -492,3 +492,32 @@ fn egress_to_a_service_address_is_judged_after_nat_where_it_leaves_the_node() {
     assert_eq!(f.entering_pod(&frame::ip(SERVICE, A, TCP, &frame::l4(TCP, 443, 40002, false))), ALLOW);
     assert_eq!(f.entering_pod(&flow(SERVICE, A, TCP, 443, 40099)), DROP);
 }
+
+#[test]
+fn the_flow_cache_passes_an_established_flow_and_nothing_the_full_path_would_not() {
+    let Some(mut f) = fixture(&with_policy(ALLOW_B_TCP_80), ("x", "a")) else { return };
+    for cache in [true, false] {
+        f.dp.set_flow_cache(cache).expect("flow cache setting");
+        let sport = if cache { 40000 } else { 40001 };
+        assert_eq!(f.entering_pod(&flow(B, A, TCP, sport, 80)), ALLOW, "b opens a:80 (cache {cache})");
+        let next = frame::ip(B, A, TCP, &frame::l4(TCP, sport, 80, false));
+        let reply = frame::ip(A, B, TCP, &frame::l4(TCP, 80, sport, false));
+        for _ in 0..3 {
+            assert_eq!(f.entering_pod(&next), ALLOW, "b's next packets (cache {cache})");
+            assert_eq!(f.leaving_pod(&reply), ALLOW, "a's replies (cache {cache})");
+        }
+        // The same addresses and ports, sent by a claiming to be b: the flow is established, but
+        // this packet is forged, and the cache must not take it for one of b's.
+        assert_eq!(f.leaving_pod(&next), DROP, "a forging b's packet (cache {cache})");
+        // The established IPv4 flow's addresses in IPv4-mapped IPv6 form: not b's flow.
+        let mapped = frame::ip("::ffff:198.18.0.11", "::ffff:198.18.0.10", TCP, &frame::l4(TCP, sport, 80, false));
+        assert_eq!(f.entering_pod(&mapped), DROP, "an IPv4-mapped twin of the flow (cache {cache})");
+        // The flow's UDP twin was never allowed.
+        assert_eq!(f.entering_pod(&frame::ip(B, A, UDP, &frame::l4(UDP, sport, 80, false))), DROP, "UDP twin (cache {cache})");
+    }
+    assert_eq!(f.counter("allow_policy"), 2);
+    assert_eq!(f.counter("allow_established"), 12);
+    assert_eq!(f.counter("drop_spoofed"), 2);
+    assert_eq!(f.counter("drop_malformed"), 2);
+    assert_eq!(f.counter("drop_no_rule"), 2);
+}

@@ -75,6 +75,18 @@ pub const MAP_RULE_HITS: &str = "NETPOL_RULE_HITS";
 /// A stale entry is harmless: the endpoint found must still hold the slot.
 pub const MAP_SLOTS: &str = "NETPOL_SLOTS";
 
+/// Name of the array `0 -> u32`: the endpoint epoch. The agent bumps it after every write to
+/// [`MAP_ENDPOINTS`] (an endpoint added, changed, held or removed), never to 0; 0 turns the flow
+/// cache off. Read by the classifier for every packet, before it reads the endpoint: a
+/// [`FlowCacheEntry`] made under another epoch is not used.
+pub const MAP_EPOCH: &str = "NETPOL_EPOCH";
+/// Name of the per-CPU array `u32 -> FlowCacheEntry` ([`FLOW_CACHE_SIZE`] entries, direct-mapped
+/// by [`flow_cache_index`]): the established TCP, UDP and SCTP flows each CPU saw last, so that
+/// their next packets pass after one array lookup instead of the endpoint and conntrack hash
+/// lookups. Written and read by the classifier only (not pinned: each loaded program set has its
+/// own, and [`MAP_EPOCH`], which is pinned, says which entries still hold).
+pub const MAP_FLOW_CACHE: &str = "NETPOL_FLOW_CACHE";
+
 /// The packet-mark bits ([`MARK_DEFER_MASK`]) that say "this packet left a local pod whose
 /// egress is judged where it leaves the node, after NAT": the magic value [`MARK_DEFER_MAGIC`] in
 /// bits 25-27 and the pod's endpoint slot in bits 16-24. Set by the classifier on a pod's veth for
@@ -528,6 +540,49 @@ pub struct CtValue {
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 8);
 
+/// Entries of [`MAP_FLOW_CACHE`] per CPU (a power of two).
+pub const FLOW_CACHE_SIZE: u32 = 1024;
+
+/// [`FlowCacheEntry::flags`]: the pod's own end of the flow is the key's `a` end.
+pub const FLOW_OWN_IS_A: u8 = 1;
+/// [`FlowCacheEntry::flags`]: the flow is IPv6 (an IPv4-mapped IPv6 packet must not find an
+/// IPv4 flow's entry).
+pub const FLOW_IPV6: u8 = 1 << 1;
+
+/// Value of [`MAP_FLOW_CACHE`]: an established flow on one interface whose conntrack entry said
+/// "pass" (not revoked) at the endpoint's current generation when [`FlowCacheEntry::epoch`] was
+/// current. A packet with the same key, the pod at the same end and the same IP version gets
+/// the same verdict while the epoch holds: its endpoint, and so its generation, addresses and
+/// isolation, are unchanged, and only a generation change can turn a passing conntrack entry
+/// into a tombstone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCacheEntry {
+    /// The flow's conntrack key, with the interface's ifindex in place of the endpoint id.
+    pub key: CtKey,
+    /// The [`MAP_EPOCH`] value the entry was made under; 0: empty.
+    pub epoch: u32,
+    /// The endpoint's counter slot.
+    pub slot: u32,
+    /// `FLOW_*` bits.
+    pub flags: u8,
+    /// [`CtValue::deferred`] of the flow.
+    pub deferred: u8,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 56);
+
+/// The [`MAP_FLOW_CACHE`] index of a flow cache key: a multiplicative hash of its words.
+#[inline(always)]
+pub const fn flow_cache_index(key: &CtKey) -> u32 {
+    let a = &key.addr_a.addr;
+    let b = &key.addr_b.addr;
+    let ports = ((key.port_a_be as u32) << 16) | key.port_b_be as u32;
+    let h = key.endpoint ^ ports ^ (key.protocol as u32) ^ a[0] ^ a[1] ^ a[2] ^ a[3].rotate_left(7) ^ b[0] ^ b[1] ^ b[2] ^ b[3].rotate_left(13);
+    h.wrapping_mul(0x9e37_79b1) >> (32 - FLOW_CACHE_SIZE.trailing_zeros())
+}
+
 /// Key of [`MAP_FRAGMENTS`]: one IP datagram being fragmented, on one endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -678,7 +733,7 @@ impl Reason {
 mod user {
     //! `aya::Pod` for the map types, so the agent can read and write them.
     use super::{
-        CtKey, CtValue, DatapathConfig, EndpointInfo, EventBudget, FragKey, FragValue, IdentityValue, IpKey, PeerKey,
+        CtKey, CtValue, DatapathConfig, EndpointInfo, EventBudget, FlowCacheEntry, FragKey, FragValue, IdentityValue, IpKey, PeerKey,
         PeerRules, PolicyKey, PolicyValue, VerdictEvent,
     };
 
@@ -707,6 +762,8 @@ mod user {
     unsafe impl aya::Pod for FragValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DatapathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowCacheEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EventBudget {}
     // SAFETY: as above.

@@ -29,9 +29,16 @@ pub fn judged_after_nat(ep: &EndpointInfo, peer: &IpKey) -> bool {
 /// Marks the packet as leaving endpoint `ep` with its egress judgement deferred.
 #[inline(always)]
 pub fn mark(ctx: &TcContext, ep: &EndpointInfo) {
+    mark_slot(ctx, ep.slot);
+}
+
+/// Marks the packet as leaving the endpoint with counter slot `slot`, its egress judgement
+/// deferred.
+#[inline(always)]
+pub fn mark_slot(ctx: &TcContext, slot: u32) {
     // SAFETY: the context pointer is valid for the whole program run.
     let mark = unsafe { (*ctx.skb.skb).mark };
-    ctx.set_mark(defer_mark(mark, ep.slot));
+    ctx.set_mark(defer_mark(mark, slot));
 }
 
 /// For a packet leaving through this interface: if its egress judgement was deferred, clears

@@ -1,12 +1,14 @@
 //! netpol's classifiers, one per direction on the host end of every local pod's veth. The
-//! packet path reads top to bottom in [`decide`]: endpoint, parse, anti-spoofing, built-in
-//! allowances, fragments, conntrack, policy; then the verdict is counted.
+//! packet path reads top to bottom in [`verdict`] and [`decide`]: parse, the flow cache (an
+//! established flow's next packets end there), endpoint, anti-spoofing, built-in allowances,
+//! fragments, conntrack, policy; then the verdict is counted.
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod deferred;
 mod events;
+mod flow_cache;
 mod maps;
 mod parse;
 mod policy;
@@ -56,21 +58,34 @@ pub fn netpol_noop(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Finds the endpoint, decides, counts (per endpoint slot, direction and reason), reports the
-/// verdicts that call for an event, and turns the reason into a TC action. Allowed packets go on
+/// Passes an established flow the flow cache knows; otherwise finds the endpoint, decides,
+/// counts (per endpoint slot, direction and reason), reports the verdicts that call for an
+/// event, and turns the reason into a TC action. Allowed packets go on
 /// to the next program on the hook (`TC_ACT_UNSPEC` is TCX_NEXT), so netpol composes with a
 /// CNI's programs. In audit mode a policy drop passes, counted as [`Reason::AllowAudit`].
 #[inline(always)]
 fn verdict(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let site = flow_cache::Site { ifindex, direction, epoch: flow_cache::epoch() };
+    let found = flow_cache::find(ctx, &site);
+    if let Some((slot, deferred)) = found.hit() {
+        if direction == DIR_EGRESS && deferred {
+            deferred::mark_slot(ctx, slot);
+        }
+        count(slot, direction, Reason::AllowEstablished);
+        return TC_ACT_UNSPEC;
+    }
     // SAFETY: the agent replaces endpoint values whole (a hash map update swaps elements).
     let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
         count(0, direction, Reason::AllowUnknownInterface);
         return TC_ACT_UNSPEC;
     };
     let parsed = parse::parse(ctx);
-    let (decided, rule) = decide(ctx, ep, direction, &parsed);
+    let Decision { reason: decided, rule, learn } = decide(ctx, ep, direction, &parsed);
+    if learn != Learn::Nothing {
+        flow_cache::learn(found, &site, ep.slot, learn == Learn::PassDeferred);
+    }
     if settle(ep, direction, decided, rule, parsed.as_ref().ok()) {
         TC_ACT_SHOT
     } else {
@@ -99,43 +114,69 @@ pub(crate) fn count(slot: u32, direction: u8, reason: Reason) {
     }
 }
 
-/// The reason for the packet's verdict and, for new flows a policy allowed, the rule that did
-/// ([`policy::DENIED`] otherwise).
+/// What the flow cache learns from a verdict.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Learn {
+    /// Nothing: the packet's flow does not pass by conntrack.
+    Nothing,
+    /// The flow passes.
+    Pass,
+    /// The flow passes, its egress judged after NAT.
+    PassDeferred,
+}
+
+/// A packet's verdict: why, the rule that allowed a new flow ([`policy::DENIED`] otherwise), and
+/// what the flow cache learns.
+struct Decision {
+    reason: Reason,
+    rule: u32,
+    learn: Learn,
+}
+
+impl From<(Reason, u32)> for Decision {
+    #[inline(always)]
+    fn from((reason, rule): (Reason, u32)) -> Self {
+        Decision { reason, rule, learn: Learn::Nothing }
+    }
+}
+
+/// The verdict on a packet. A flow that passes by conntrack, or is tracked now, is learnt by the
+/// flow cache.
 #[inline(always)]
-fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Packet, NotIp>) -> (Reason, u32) {
+fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Packet, NotIp>) -> Decision {
     const NONE: u32 = policy::DENIED;
     let isolated = policy::isolated(ep, direction);
     let from_pod = direction == DIR_EGRESS;
     let p = match parsed {
         Ok(p) => p,
-        Err(NotIp::Arp) if from_pod && !arp_sender_is_own(ctx, ep) => return (Reason::DropSpoofed, NONE),
-        Err(NotIp::Arp) => return (Reason::AllowNonIp, NONE),
-        Err(NotIp::Other) => return (if isolated { Reason::DropNonIp } else { Reason::AllowNonIp }, NONE),
-        Err(NotIp::Malformed) => return (Reason::DropMalformed, NONE),
-        Err(NotIp::TooManyExtHeaders) => return (Reason::DropExtHeaders, NONE),
+        Err(NotIp::Arp) if from_pod && !arp_sender_is_own(ctx, ep) => return (Reason::DropSpoofed, NONE).into(),
+        Err(NotIp::Arp) => return (Reason::AllowNonIp, NONE).into(),
+        Err(NotIp::Other) => return (if isolated { Reason::DropNonIp } else { Reason::AllowNonIp }, NONE).into(),
+        Err(NotIp::Malformed) => return (Reason::DropMalformed, NONE).into(),
+        Err(NotIp::TooManyExtHeaders) => return (Reason::DropExtHeaders, NONE).into(),
     };
     let (own, peer) = if from_pod { (&p.src, &p.dst) } else { (&p.dst, &p.src) };
     if p.ipv6 && has_v4_mapped_address(p) {
-        return (Reason::DropMalformed, NONE);
+        return (Reason::DropMalformed, NONE).into();
     }
 
     if from_pod && !is_own_address(ep, own) && !is_link_local_icmpv6(p) {
-        return (Reason::DropSpoofed, NONE);
+        return (Reason::DropSpoofed, NONE).into();
     }
     if p.protocol == IPPROTO_ICMPV6 && is_neighbour_discovery(p.icmp_type) {
         if from_pod && p.icmp_type == ND_NEIGHBOR_ADVERT && !advertises_own_address(ctx, ep, p) {
-            return (Reason::DropSpoofed, NONE);
+            return (Reason::DropSpoofed, NONE).into();
         }
-        return (Reason::AllowNeighbourDiscovery, NONE);
+        return (Reason::AllowNeighbourDiscovery, NONE).into();
     }
     if is_own_address(ep, peer) {
-        return (Reason::AllowSelf, NONE);
+        return (Reason::AllowSelf, NONE).into();
     }
     if p.fragment == Fragment::Later {
-        return (later_fragment(ep, p, isolated), NONE);
+        return (later_fragment(ep, p, isolated), NONE).into();
     }
     if p.icmp_error && related_to_tracked_flow(ctx, ep, p) {
-        return (Reason::AllowRelated, NONE);
+        return (Reason::AllowRelated, NONE).into();
     }
 
     let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
@@ -148,16 +189,16 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
             if from_pod {
                 deferred::mark(ctx, ep);
             }
-            return (Reason::AllowEstablished, NONE);
+            return Decision { reason: Reason::AllowEstablished, rule: NONE, learn: Learn::PassDeferred };
         }
         revalidate(ct, ep, src_is_a, peer, p);
         if ct.revoked == 0 {
             remember_first_fragment(ep, p);
-            return (Reason::AllowEstablished, NONE);
+            return Decision { reason: Reason::AllowEstablished, rule: NONE, learn: Learn::Pass };
         }
         // A withdrawn flow: only a packet that opens a flow is judged again, as new.
         if !opens_flow(ctx, p) {
-            return (Reason::DropRevoked, NONE);
+            return (Reason::DropRevoked, NONE).into();
         }
     }
 
@@ -165,7 +206,7 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
         conntrack::track(&key, src_is_a, direction, ep.generation, 1);
         remember_first_fragment(ep, p);
         deferred::mark(ctx, ep);
-        return (Reason::PassDeferred, NONE);
+        return Decision { reason: Reason::PassDeferred, rule: NONE, learn: Learn::PassDeferred };
     }
     let rule = policy::allows(ep, direction, peer, p.protocol, p.dport_be);
     let reason = if !isolated {
@@ -174,11 +215,11 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
         events::count_rule_hit(rule);
         Reason::AllowPolicy
     } else {
-        return (Reason::DropNoRule, NONE);
+        return (Reason::DropNoRule, NONE).into();
     };
     conntrack::track(&key, src_is_a, direction, ep.generation, 0);
     remember_first_fragment(ep, p);
-    (reason, rule)
+    Decision { reason, rule, learn: Learn::Pass }
 }
 
 /// If the endpoint's policy changed since the flow `ct` was allowed, checks it again as the
@@ -226,6 +267,9 @@ fn arp_sender_is_own(ctx: &TcContext, ep: &EndpointInfo) -> bool {
 #[inline(always)]
 fn advertises_own_address(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> bool {
     // The target address follows the 4-byte ICMPv6 header and 4 bytes of flags.
+    if p.l4 > parse::OFFSET_MAX {
+        return false;
+    }
     let Some(words) = parse::read::<[u32; 4]>(ctx, p.l4 + 8) else { return false };
     let target = IpKey { addr: words };
     let link_local = u32::from_be(words[0]) >> 22 == 0xfe80 >> 6;
@@ -241,8 +285,13 @@ pub(crate) fn opens_flow(ctx: &TcContext, p: &Packet) -> bool {
     }
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
-    match parse::read::<u8>(ctx, p.l4 + 13) {
-        Some(flags) => flags & (SYN | ACK) == SYN,
+    if p.l4 > parse::OFFSET_MAX {
+        return false;
+    }
+    // Bytes 12-13 of the TCP header: data offset, then the flags. Read as a pair: the compiler
+    // turns the bounds check of a single byte into a comparison the verifier does not take as one.
+    match parse::read::<[u8; 2]>(ctx, p.l4 + 12) {
+        Some([_, flags]) => flags & (SYN | ACK) == SYN,
         None => false,
     }
 }

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpol_common::{
-    CtKey, CtValue, DatapathConfig, EndpointInfo, EventBudget, FragKey, FragValue, IdentityValue, IpKey, PeerKey, PeerRules,
+    CtKey, CtValue, DatapathConfig, EndpointInfo, EventBudget, FlowCacheEntry, FragKey, FragValue, IdentityValue, IpKey, PeerKey, PeerRules,
     PolicyKey, PolicyValue, CIDRS_MAX, CONNTRACK_MAX, COUNTERS_LEN, COUNTER_SLOTS, ENDPOINTS_MAX, EVENTS_BYTES,
-    EVENT_STATS_LEN, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, RULES_MAX, RULE_HITS_MAX,
+    EVENT_STATS_LEN, FLOW_CACHE_SIZE, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, RULES_MAX, RULE_HITS_MAX,
 };
 
 /// `BPF_F_NO_PREALLOC`: hash map elements allocated as written, not all at load.
@@ -75,3 +75,11 @@ pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(RULE_HITS_MAX, 0);
 /// Endpoint slot -> ifindex of its veth (`netpol_common::MAP_SLOTS`).
 #[map(name = "NETPOL_SLOTS")]
 pub static SLOTS: Array<u32> = Array::pinned(COUNTER_SLOTS, 0);
+
+/// The endpoint epoch (`netpol_common::MAP_EPOCH`).
+#[map(name = "NETPOL_EPOCH")]
+pub static EPOCH: Array<u32> = Array::pinned(1, 0);
+
+/// Established flows per CPU (`netpol_common::MAP_FLOW_CACHE`); not pinned.
+#[map(name = "NETPOL_FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entries(FLOW_CACHE_SIZE, 0);

@@ -75,6 +75,11 @@ pub enum NotIp {
     TooManyExtHeaders,
 }
 
+/// No header of a frame starts this far in: a bound for an offset that the verifier reads back
+/// from the stack without its range, low enough that offset plus read size stays within the
+/// verifier's own limit for packet offsets (`MAX_PACKET_OFF`, 0xffff).
+pub const OFFSET_MAX: usize = 0x7fff;
+
 /// A pointer to a `T` at `off` bytes into the frame, if the whole `T` is inside it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
@@ -267,6 +272,9 @@ fn parse_l4(ctx: &TcContext, protocol: u8, l4: usize) -> Result<L4, NotIp> {
 /// headers are not there.
 #[inline(always)]
 pub fn quoted_flow_key(ctx: &TcContext, p: &Packet, endpoint: u32) -> Option<CtKey> {
+    if p.l4 > OFFSET_MAX {
+        return None;
+    }
     let inner = p.l4 + 8;
     let (src, dst, protocol, l4) = if p.ipv6 {
         let next = read::<u8>(ctx, inner + 6)?;

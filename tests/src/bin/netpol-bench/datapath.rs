@@ -130,30 +130,40 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         let (_, v) = b.run(PROG_TO_POD, &est, 1)?;
         anyhow::ensure!(v == ALLOW, "the client's flow is allowed");
         // Interleave the floor and the established path so both see the same machine state.
+        // The established path with the flow cache (its entry found after the first run) and
+        // without it (the endpoint and conntrack hash lookups, as after a cache miss).
         let mut empty = Vec::new();
         let mut established = Vec::new();
+        let mut uncached = Vec::new();
         for _ in 0..5 {
             empty.push(b.run(PROG_NOOP, &est, REPEAT)?.0);
             established.push(b.run(PROG_TO_POD, &est, REPEAT)?.0);
+            b.dp.set_flow_cache(false)?;
+            uncached.push(b.run(PROG_TO_POD, &est, REPEAT)?.0);
+            b.dp.set_flow_cache(true)?;
         }
-        empty.sort_by(f64::total_cmp);
-        established.sort_by(f64::total_cmp);
-        let (empty, established) = (empty[2], established[2]);
+        for v in [&mut empty, &mut established, &mut uncached] {
+            v.sort_by(f64::total_cmp);
+        }
+        let (empty, established, uncached) = (empty[2], established[2], uncached[2]);
         let (denied, v) = b.run(PROG_TO_POD, &tcp_frame(stranger, dst, 40000, 80), REPEAT)?;
         anyhow::ensure!(v == DROP || quick, "a stranger is denied");
         let allowed_new = b.new_flows(PROG_TO_POD, client, 80, 20000, 3000)?;
         let empty_single = b.new_flows(PROG_NOOP, client, 80, 20000, 3000)?;
         println!(
-            "  datapath entries={entries:>5}: empty {empty:6.1} ns | established {established:6.1} ns (+{:5.1}) | new flow denied {denied:6.1} ns | new flow allowed {:6.1} ns over empty (single runs)",
+            "  datapath entries={entries:>5}: empty {empty:6.1} ns | established {established:6.1} ns (+{:5.1}; flow cache off {uncached:6.1} ns, +{:5.1}) | new flow denied {denied:6.1} ns | new flow allowed {:6.1} ns over empty (single runs)",
             established - empty,
+            uncached - empty,
             allowed_new - empty_single
         );
         figures.add(&format!("datapath_empty_ns_{entries}"), empty, "ns");
         figures.add(&format!("datapath_established_ns_{entries}"), established, "ns");
+        figures.add(&format!("datapath_established_uncached_ns_{entries}"), uncached, "ns");
         figures.add(&format!("datapath_new_flow_denied_ns_{entries}"), denied, "ns");
         figures.add(&format!("datapath_new_flow_allowed_over_empty_ns_{entries}"), allowed_new - empty_single, "ns");
         if entries == 1 {
             figures.add("established_overhead_ns", established - empty, "ns");
+            figures.add("established_uncached_overhead_ns", uncached - empty, "ns");
         }
         denied_by_entries.insert(entries, denied - empty);
         allowed_by_entries.insert(entries, allowed_new - empty_single);
