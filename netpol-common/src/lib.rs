@@ -37,7 +37,7 @@ pub const MAP_PORT_RULES: &str = "NETPOL_PORT_RULES";
 /// [`PeerRules::ranges`] has the protocol, so its depth never costs other flows anything.
 pub const MAP_POLICY: &str = "NETPOL_POLICY";
 /// Name of the LRU hash `CtKey -> CtValue`: connection tracking. Written and read by the
-/// classifier only; the agent reads it for statistics and deletes entries of removed endpoints.
+/// classifier only; the agent counts its entries for its metrics.
 pub const MAP_CONNTRACK: &str = "NETPOL_CONNTRACK";
 /// Name of the LRU hash `FragKey -> FragValue`: the verdict of the first fragment of a datagram,
 /// for its later fragments. Written and read by the classifier only.
