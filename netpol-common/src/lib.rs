@@ -772,7 +772,30 @@ mod user {
 
 #[cfg(test)]
 mod tests {
-    use super::IpKey;
+    use super::{flow_cache_index, CtKey, IpKey, FLOW_CACHE_SIZE};
+
+    #[test]
+    fn flow_cache_indexes_stay_in_the_cache_and_spread_the_flows_of_one_pair_of_hosts() {
+        let key = |port: u16| CtKey {
+            endpoint: 7,
+            protocol: 6,
+            _pad: 0,
+            _pad2: 0,
+            addr_a: IpKey::from_v4([198, 18, 0, 10]),
+            addr_b: IpKey::from_v4([198, 18, 1, 11]),
+            port_a_be: 80u16.to_be(),
+            port_b_be: port.to_be(),
+        };
+        let mut used = [false; FLOW_CACHE_SIZE as usize];
+        for port in 40000..40256 {
+            let i = flow_cache_index(&key(port));
+            assert!(i < FLOW_CACHE_SIZE);
+            used[i as usize] = true;
+        }
+        // 256 client ports of one connection pair: a direct-mapped cache keeps most of them.
+        let distinct = used.iter().filter(|u| **u).count();
+        assert!(distinct >= 200, "256 flows took only {distinct} entries");
+    }
 
     #[test]
     fn ip_key_words_hold_network_order_bytes() {
