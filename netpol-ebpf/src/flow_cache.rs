@@ -9,13 +9,12 @@
 //! never holds); when the full path lets the flow pass, [`learn`] completes that entry. So the
 //! full path needs nothing of the lookup but one number ([`Found`]).
 
-use aya_ebpf::programs::TcContext;
 use netpol_common::{flow_cache_index, FlowCacheEntry, DIR_EGRESS, FLOW_CACHE_SIZE, FLOW_IPV6, FLOW_OWN_IS_A};
 
 use crate::{
     conntrack,
     maps::{EPOCH, FLOW_CACHE},
-    parse::{self, Fragment, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
+    parse::{Fragment, NotIp, Packet, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 /// Where a packet is judged: its interface, direction, and the endpoint epoch read first.
@@ -71,14 +70,10 @@ impl Found {
 /// from the pod claiming the peer's address never finds the entry of the peer's packets, and the
 /// IP version, so that an IPv4-mapped IPv6 packet never finds an IPv4 flow's. Its own BPF
 /// function returning one number, so that the verifier walks the rest of the program once for
-/// every miss, not once per way through the parser.
+/// every miss, not once per way through this function.
 #[inline(never)]
-pub fn find(ctx: &TcContext, site: &Site) -> Found {
-    // Read through a volatile load, so that the compiler cannot hand this function the packet's
-    // bounds as arguments instead (the verifier refuses arithmetic on a copied packet end).
-    // SAFETY: reads the context's own pointer field.
-    let ctx = TcContext::new(unsafe { core::ptr::read_volatile(&ctx.skb.skb) });
-    let Ok(p) = parse::parse(&ctx) else { return Found(UNCACHED) };
+pub fn find(site: &Site, parsed: &Result<Packet, NotIp>) -> Found {
+    let Ok(p) = parsed else { return Found(UNCACHED) };
     if site.epoch == 0 || p.fragment != Fragment::None || !matches!(p.protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
         return Found(UNCACHED);
     }

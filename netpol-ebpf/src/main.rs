@@ -68,7 +68,8 @@ fn verdict(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let site = flow_cache::Site { ifindex, direction, epoch: flow_cache::epoch() };
-    let found = flow_cache::find(ctx, &site);
+    let parsed = parse::parse(ctx);
+    let found = flow_cache::find(&site, &parsed);
     if let Some((slot, deferred)) = found.hit() {
         if direction == DIR_EGRESS && deferred {
             deferred::mark_slot(ctx, slot);
@@ -81,7 +82,6 @@ fn verdict(ctx: &TcContext, direction: u8) -> i32 {
         count(0, direction, Reason::AllowUnknownInterface);
         return TC_ACT_UNSPEC;
     };
-    let parsed = parse::parse(ctx);
     let Decision { reason: decided, rule, learn } = decide(ctx, ep, direction, &parsed);
     if learn != Learn::Nothing {
         flow_cache::learn(found, &site, ep.slot, learn == Learn::PassDeferred);
@@ -267,10 +267,7 @@ fn arp_sender_is_own(ctx: &TcContext, ep: &EndpointInfo) -> bool {
 #[inline(always)]
 fn advertises_own_address(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> bool {
     // The target address follows the 4-byte ICMPv6 header and 4 bytes of flags.
-    if p.l4 > parse::OFFSET_MAX {
-        return false;
-    }
-    let Some(words) = parse::read::<[u32; 4]>(ctx, p.l4 + 8) else { return false };
+    let Some(words) = p.l4_offset(8).and_then(|off| parse::read::<[u32; 4]>(ctx, off)) else { return false };
     let target = IpKey { addr: words };
     let link_local = u32::from_be(words[0]) >> 22 == 0xfe80 >> 6;
     link_local || is_own_address(ep, &target)
@@ -285,12 +282,9 @@ pub(crate) fn opens_flow(ctx: &TcContext, p: &Packet) -> bool {
     }
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
-    if p.l4 > parse::OFFSET_MAX {
-        return false;
-    }
     // Bytes 12-13 of the TCP header: data offset, then the flags. Read as a pair: the compiler
     // turns the bounds check of a single byte into a comparison the verifier does not take as one.
-    match parse::read::<[u8; 2]>(ctx, p.l4 + 12) {
+    match p.l4_offset(12).and_then(|off| parse::read::<[u8; 2]>(ctx, off)) {
         Some([_, flags]) => flags & (SYN | ACK) == SYN,
         None => false,
     }

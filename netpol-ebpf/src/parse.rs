@@ -63,6 +63,19 @@ pub struct Packet {
     pub l4: usize,
 }
 
+impl Packet {
+    /// The frame offset `rel` bytes into the L4 header. Bounded: the compiler keeps `l4` on the
+    /// stack, and the verifier reads it back without its range, so every read past the L4
+    /// header's start goes through here.
+    #[inline(always)]
+    pub fn l4_offset(&self, rel: usize) -> Option<usize> {
+        if self.l4 > OFFSET_MAX {
+            return None;
+        }
+        Some(self.l4 + rel)
+    }
+}
+
 /// Why a frame was not turned into a [`Packet`].
 pub enum NotIp {
     /// ARP: always passed (neighbour resolution must work).
@@ -75,10 +88,10 @@ pub enum NotIp {
     TooManyExtHeaders,
 }
 
-/// No header of a frame starts this far in: a bound for an offset that the verifier reads back
-/// from the stack without its range, low enough that offset plus read size stays within the
-/// verifier's own limit for packet offsets (`MAX_PACKET_OFF`, 0xffff).
-pub const OFFSET_MAX: usize = 0x7fff;
+/// No header of a frame starts this far in: the bound of [`Packet::l4_offset`], low enough that
+/// offset plus read size stays within the verifier's own limit for packet offsets
+/// (`MAX_PACKET_OFF`, 0xffff).
+const OFFSET_MAX: usize = 0x7fff;
 
 /// A pointer to a `T` at `off` bytes into the frame, if the whole `T` is inside it.
 #[inline(always)]
@@ -272,10 +285,7 @@ fn parse_l4(ctx: &TcContext, protocol: u8, l4: usize) -> Result<L4, NotIp> {
 /// headers are not there.
 #[inline(always)]
 pub fn quoted_flow_key(ctx: &TcContext, p: &Packet, endpoint: u32) -> Option<CtKey> {
-    if p.l4 > OFFSET_MAX {
-        return None;
-    }
-    let inner = p.l4 + 8;
+    let inner = p.l4_offset(8)?;
     let (src, dst, protocol, l4) = if p.ipv6 {
         let next = read::<u8>(ctx, inner + 6)?;
         let src = IpKey { addr: read_words(ctx, inner + 8)? };
