@@ -86,6 +86,11 @@ pub const MAP_EPOCH: &str = "NETPOL_EPOCH";
 /// lookups. Written and read by the classifier only (not pinned: each loaded program set has its
 /// own, and [`MAP_EPOCH`], which is pinned, says which entries still hold).
 pub const MAP_FLOW_CACHE: &str = "NETPOL_FLOW_CACHE";
+/// Name of the per-CPU array `0 -> u32`: what the flow cache lookup found for the packet being
+/// judged (a hit's slot, a miss's entry index, or nothing). Written by the classifier's lookup
+/// function and read back at once by the classifier, so that the verifier sees one unknown number
+/// instead of walking the rest of the program once per way through the lookup. Not pinned.
+pub const MAP_FLOW_FOUND: &str = "NETPOL_FLOW_FOUND";
 
 /// The packet-mark bits ([`MARK_DEFER_MASK`]) that say "this packet left a local pod whose
 /// egress is judged where it leaves the node, after NAT": the magic value [`MARK_DEFER_MAGIC`] in

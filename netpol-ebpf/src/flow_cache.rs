@@ -13,8 +13,8 @@ use netpol_common::{flow_cache_index, FlowCacheEntry, DIR_EGRESS, FLOW_CACHE_SIZ
 
 use crate::{
     conntrack,
-    maps::{EPOCH, FLOW_CACHE},
-    parse::{Fragment, NotIp, Packet, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{EPOCH, FLOW_CACHE, FLOW_FOUND},
+    parse::{Fragment, Packet, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 /// Where a packet is judged: its interface, direction, and the endpoint epoch read first.
@@ -54,6 +54,9 @@ const MISSED: u32 = 1 << 31;
 const DEFERRED: u32 = 1 << 30;
 
 impl Found {
+    /// A packet that has no place in the cache.
+    pub const UNCACHED: Found = Found(UNCACHED);
+
     /// The endpoint slot of a flow that passes, and whether its egress is judged after NAT.
     #[inline(always)]
     pub fn hit(self) -> Option<(u32, bool)> {
@@ -68,12 +71,38 @@ impl Found {
 /// have a place (fragments, ICMP and neighbour discovery always take the full path). The key
 /// holds the interface and the flow, and the entry says which end is the pod's, so that a packet
 /// from the pod claiming the peer's address never finds the entry of the peer's packets, and the
-/// IP version, so that an IPv4-mapped IPv6 packet never finds an IPv4 flow's. Its own BPF
-/// function returning one number, so that the verifier walks the rest of the program once for
-/// every miss, not once per way through this function.
+/// IP version, so that an IPv4-mapped IPv6 packet never finds an IPv4 flow's.
+///
+/// For the verifier, the lookup is its own BPF function whose answer comes back through
+/// [`FLOW_FOUND`]: returned in a register, each way through the lookup would reach the rest of
+/// the program with its own known value and be walked on its own (inlined, the program was
+/// refused as too large; returned, loading took 0.4 s longer). Read back from the map, the
+/// answer is one unknown number. The function takes the parsed packet itself: a `Result` of it
+/// would put a union member at a non-zero offset into the object's BTF, which the kernel refuses.
+#[inline(always)]
+pub fn find(site: &Site, p: &Packet) -> Found {
+    look_up(site, p);
+    match FLOW_FOUND.get_ptr(0) {
+        // SAFETY: a per-CPU slot this CPU wrote just now; volatile, so that the value is read
+        // from the map and not carried over from the write.
+        Some(v) => Found(unsafe { core::ptr::read_volatile(v) }),
+        None => Found(UNCACHED),
+    }
+}
+
+/// [`find`]'s BPF function: writes what it found to [`FLOW_FOUND`].
 #[inline(never)]
-pub fn find(site: &Site, parsed: &Result<Packet, NotIp>) -> Found {
-    let Ok(p) = parsed else { return Found(UNCACHED) };
+fn look_up(site: &Site, p: &Packet) {
+    let found = find_entry(site, p);
+    if let Some(v) = FLOW_FOUND.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { core::ptr::write_volatile(v, found.0) };
+    }
+}
+
+/// What the cache holds for the packet's flow; on a miss, its key is written at once.
+#[inline(always)]
+fn find_entry(site: &Site, p: &Packet) -> Found {
     if site.epoch == 0 || p.fragment != Fragment::None || !matches!(p.protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
         return Found(UNCACHED);
     }

@@ -69,7 +69,10 @@ fn verdict(ctx: &TcContext, direction: u8) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let site = flow_cache::Site { ifindex, direction, epoch: flow_cache::epoch() };
     let parsed = parse::parse(ctx);
-    let found = flow_cache::find(&site, &parsed);
+    let found = match &parsed {
+        Ok(p) => flow_cache::find(&site, p),
+        Err(_) => flow_cache::Found::UNCACHED,
+    };
     if let Some((slot, deferred)) = found.hit() {
         if direction == DIR_EGRESS && deferred {
             deferred::mark_slot(ctx, slot);

@@ -83,3 +83,8 @@ pub static EPOCH: Array<u32> = Array::pinned(1, 0);
 /// Established flows per CPU (`netpol_common::MAP_FLOW_CACHE`); not pinned.
 #[map(name = "NETPOL_FLOW_CACHE")]
 pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entries(FLOW_CACHE_SIZE, 0);
+
+/// What the flow cache lookup found for the packet being judged, per CPU
+/// (`netpol_common::MAP_FLOW_FOUND`); not pinned.
+#[map(name = "NETPOL_FLOW_FOUND")]
+pub static FLOW_FOUND: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
