@@ -68,11 +68,16 @@ fn setup(entries: u32) -> anyhow::Result<Bench> {
     }
     let state = crate::synth::state(&yaml);
     let desired = Compiler::new().compile(&state, &CompileOptions { node: "n1".into(), host_ips: vec![], allow_host: false });
-    let mut dp = Datapath::load(&pin)?;
+    // A data path that fails to load (a program the verifier refuses) leaves its pin directory;
+    // once loaded, the Bench removes it whatever happens next.
+    let dp = Datapath::load(&pin).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&pin);
+    })?;
+    let mut bench = Bench { dp, pin };
     let ifaces = BTreeMap::from([(ObjectRef::new("x", "a"), PodInterface { ifindex: 1, name: "lo".into() })]);
-    let stats = dp.apply_maps(&desired, &ifaces);
+    let stats = bench.dp.apply_maps(&desired, &ifaces);
     anyhow::ensure!(stats.errors.is_empty(), "{:?}", stats.errors);
-    Ok(Bench { dp, pin })
+    Ok(bench)
 }
 
 impl Bench {
