@@ -228,7 +228,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             })
             .context("create manifest watcher")?;
             watcher.watch(dir, notify::RecursiveMode::Recursive).with_context(|| format!("watch {}", dir.display()))?;
-            (Source::Manifests(dir.clone()), Some(watcher))
+            (Source::Manifests(crate::manifests::ManifestDir::new(dir.clone())), Some(watcher))
         }
         SourceConfig::Kube => {
             let client = kube::Client::try_default().await.context("configure the Kubernetes client (KUBECONFIG or in-cluster)")?;

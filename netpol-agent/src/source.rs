@@ -2,7 +2,7 @@
 //! source hands the run loop the same [`Snapshot`], so there is one path from a snapshot to
 //! the maps whatever the source.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 
@@ -28,7 +28,7 @@ pub struct Snapshot {
 /// A source of snapshots.
 pub enum Source {
     /// `--manifests DIR`: YAML and JSON files under a directory.
-    Manifests(PathBuf),
+    Manifests(manifests::ManifestDir),
     /// The Kubernetes API, through watchers and reflector stores.
     Kube(KubeSource),
 }
@@ -39,7 +39,7 @@ impl Source {
     pub fn snapshot(&self) -> anyhow::Result<Option<Snapshot>> {
         match self {
             Self::Manifests(dir) => {
-                let loaded = manifests::load_dir(dir).with_context(|| format!("read {}", dir.display()))?;
+                let loaded = dir.load().with_context(|| format!("read {}", dir.path().display()))?;
                 Ok(Some(Snapshot {
                     state: loaded.state,
                     problems: loaded.problems,
@@ -54,7 +54,7 @@ impl Source {
     /// A short description for logs.
     pub fn describe(&self) -> String {
         match self {
-            Self::Manifests(dir) => format!("manifests {}", dir.display()),
+            Self::Manifests(dir) => format!("manifests {}", dir.path().display()),
             Self::Kube(_) => "kubernetes api".to_string(),
         }
     }

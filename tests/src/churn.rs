@@ -60,6 +60,19 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time a process has used so far (user + system, all its threads), in seconds; from
+/// /proc/PID/stat, whose comm field may hold spaces, so the fields are counted after its ')'.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state is field 3 of stat(5), so utime (14) and stime (15) are at 11 and 12.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks as f64 / hz.max(1) as f64)
+}
+
 /// The median of `values` (the upper one of an even count); 0 for none.
 pub fn median(values: &[u64]) -> u64 {
     let mut v = values.to_vec();

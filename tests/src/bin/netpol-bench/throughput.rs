@@ -289,11 +289,19 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
                 "iptables" => apply_iptables(&node, &state)?,
                 _ => {}
             }
+            // The agent's own CPU time while the variant is measured: on two cores it competes
+            // with iperf3's client and server.
+            let agent_pid = (variant == "netpol").then(|| c.agent(0).pid());
+            let cpu_before = agent_pid.and_then(netpol_sandbox::churn::cpu_seconds);
             let t = iperf(&fe, &be.netns, server, false)?;
             let u = iperf(&fe, &be.netns, server, true)?;
             let r = connection_rate(&fe, server);
             let l = request_response_us(&fe, server)?;
-            println!("  round {round} {variant:<8}: TCP {:6.2} Gbit/s, UDP {:5.2} Gbit/s, {r:6.0} connections/s, request/response {l:5.1} us", t / 1e9, u / 1e9);
+            let agent_cpu = match (agent_pid.and_then(netpol_sandbox::churn::cpu_seconds), cpu_before) {
+                (Some(after), Some(before)) => format!(", agent CPU {:.0} ms", (after - before) * 1e3),
+                _ => String::new(),
+            };
+            println!("  round {round} {variant:<8}: TCP {:6.2} Gbit/s, UDP {:5.2} Gbit/s, {r:6.0} connections/s, request/response {l:5.1} us{agent_cpu}", t / 1e9, u / 1e9);
             tput.entry(variant).or_default().push(t);
             udp.entry(variant).or_default().push(u);
             rate.entry(variant).or_default().push(r);
