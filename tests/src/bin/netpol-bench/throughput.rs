@@ -27,6 +27,15 @@ const ROUNDS: usize = 9;
 /// runs first or right after another.
 const VARIANTS: [&str; 4] = ["none", "empty", "netpol", "iptables"];
 const IPERF_SECONDS: &str = "3";
+/// Seconds at the start of each iperf3 run left out of its result (`-O`): TCP's ramp and the
+/// moment the two processes settle on the cores.
+const IPERF_OMIT_SECONDS: &str = "1";
+/// How long the connection-rate loop runs.
+const CONNECTION_RATE_TIME: Duration = Duration::from_secs(2);
+/// The pause after a variant is set up, before it is measured: loading programs (the empty
+/// program's data path, the agent's start) leaves the kernel freeing the verifier's memory and
+/// waiting out RCU grace periods for a moment; every variant waits the same.
+const SETTLE: Duration = Duration::from_secs(1);
 /// Requests per request/response latency measurement.
 const REQUESTS: usize = 5000;
 
@@ -174,7 +183,7 @@ fn iperf(client: &str, server: &str, addr: IpAddr, udp: bool) -> anyhow::Result<
     let mut srv = Command::new("ip").args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     std::thread::sleep(Duration::from_millis(200));
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", client, "iperf3", "-c", &addr.to_string(), "-p", "5201", "-t", IPERF_SECONDS, "-J"]);
+    cmd.args(["netns", "exec", client, "iperf3", "-c", &addr.to_string(), "-p", "5201", "-t", IPERF_SECONDS, "-O", IPERF_OMIT_SECONDS, "-J"]);
     if udp {
         cmd.args(["-u", "-b", "0", "-l", "1400"]);
     }
@@ -220,11 +229,11 @@ fn reset_on_close(s: &TcpStream) {
     }
 }
 
-/// Connections per second: connect, read the banner, close, for one second.
+/// Connections per second: connect, read the banner, close, for [`CONNECTION_RATE_TIME`].
 fn connection_rate(client: &str, addr: IpAddr) -> f64 {
     let start = Instant::now();
     let mut n = 0u32;
-    while start.elapsed() < Duration::from_secs(1) {
+    while start.elapsed() < CONNECTION_RATE_TIME {
         let ok = netns::within(client, || TcpStream::connect_timeout(&SocketAddr::new(addr, 8080), Duration::from_millis(500)))
             .ok()
             .and_then(Result::ok)
@@ -296,6 +305,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
                 "iptables" => apply_iptables(&node, &state)?,
                 _ => {}
             }
+            std::thread::sleep(SETTLE);
             // The agent's own CPU time while the variant is measured: on two cores it competes
             // with iperf3's client and server.
             let agent_pid = (variant == "netpol").then(|| c.agent(0).pid());
