@@ -228,7 +228,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             })
             .context("create manifest watcher")?;
             watcher.watch(dir, notify::RecursiveMode::Recursive).with_context(|| format!("watch {}", dir.display()))?;
-            (Source::Manifests(crate::manifests::ManifestDir::new(dir.clone())), Some(watcher))
+            (Source::Manifests(crate::source::ManifestDir::new(dir.clone())), Some(watcher))
         }
         SourceConfig::Kube => {
             let client = kube::Client::try_default().await.context("configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
@@ -408,11 +408,15 @@ fn sync(
     seeded: &mut bool,
     events: Option<&crate::events::EventHub>,
 ) -> anyhow::Result<bool> {
-    let Some(mut loaded) = source.snapshot()? else {
+    let Some(loaded) = source.snapshot()? else {
         return Ok(false);
     };
-    loaded.state.audit_namespaces.clone_from(&cfg.audit_namespaces);
-    cni_pods.merge_into(&mut loaded.state, &cfg.node);
+    // The source's snapshot is shared with it; the state is copied only to change it.
+    let mut state = std::borrow::Cow::Borrowed(&loaded.state);
+    if state.audit_namespaces != cfg.audit_namespaces {
+        state.to_mut().audit_namespaces.clone_from(&cfg.audit_namespaces);
+    }
+    cni_pods.merge_into(&mut state, &cfg.node);
     // The node's addresses are in the ipcache whether or not the node may reach its pods: the
     // classifier judges a pod's flows to them at once (they are delivered here, never leave
     // through an interface where a deferred judgement could happen).
@@ -421,13 +425,13 @@ fn sync(
         // Keep the endpoint ids an earlier agent gave (by pod address), so conntrack entries
         // of open connections stay valid across a restart.
         for ep in datapath.current_endpoints().values() {
-            if let Some(pod) = loaded.state.pods.values().find(|p| p.ips.iter().any(|ip| endpoint_has(ep, ip))) {
+            if let Some(pod) = state.pods.values().find(|p| p.ips.iter().any(|ip| endpoint_has(ep, ip))) {
                 compiler.seed_endpoint(&pod.id, ep.endpoint);
             }
         }
         *seeded = true;
     }
-    let desired = compiler.compile(&loaded.state, &CompileOptions { node: cfg.node.clone(), host_ips, allow_host: cfg.allow_host });
+    let desired = compiler.compile(&state, &CompileOptions { node: cfg.node.clone(), host_ips, allow_host: cfg.allow_host });
     let interfaces = find_interfaces(&desired).context("find pod interfaces")?;
     let exits = netlink::list_ethernet_interfaces().context("list interfaces")?;
     let mut stats = datapath.apply_exits(&exits);
@@ -447,8 +451,8 @@ fn sync(
             deletes = stats.deletes,
             attached = stats.attached,
             detached = stats.detached,
-            policies = loaded.state.policies.len(),
-            pods = loaded.state.pods.len(),
+            policies = state.policies.len(),
+            pods = state.pods.len(),
             "applied"
         );
     }
@@ -460,10 +464,10 @@ fn sync(
     // Lint only a changed snapshot (and the first): a resync of the same state says nothing new.
     let changed = status.syncs == 0 || status.manifest_digest != loaded.manifest_digest || status.resource_versions != loaded.resource_versions;
     if let (true, Some(interval)) = (changed, cfg.lint_interval) {
-        lint_in_background(&loaded.state, interval);
+        lint_in_background(&state, interval);
     }
-    status.manifest_digest = loaded.manifest_digest;
-    status.resource_versions = loaded.resource_versions;
+    status.manifest_digest.clone_from(&loaded.manifest_digest);
+    status.resource_versions.clone_from(&loaded.resource_versions);
     status.ready = true;
     status.syncs += 1;
     status.local_pods = desired.endpoints.keys().map(ToString::to_string).collect();
@@ -473,13 +477,13 @@ fn sync(
         .filter(|(_, iface)| datapath.is_enforcing(iface.ifindex))
         .map(|(pod, iface)| (pod.to_string(), iface.name.clone()))
         .collect();
-    status.problems = loaded.problems;
+    status.problems.clone_from(&loaded.problems);
     status.errors = stats.errors;
     status.packets = pod_counters(datapath, &interfaces);
     status.events = pod_event_counts(datapath, &interfaces);
     status.policy_hits = policy_hits(datapath, &desired.rules);
     if let Some(hub) = events {
-        hub.set_names(crate::events::Names::new(&loaded.state, &desired));
+        hub.set_names(crate::events::Names::new(&state, &desired));
     }
     status.entries = BTreeMap::from([
         ("policy".to_string(), desired.policy.len()),

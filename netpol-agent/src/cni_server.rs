@@ -47,19 +47,20 @@ impl CniPods {
 
     /// Gives every pod of `state` that has no address yet the addresses CNI reported for it (on
     /// `node`, where CNI ran); forgets pods whose addresses the source now has.
-    pub fn merge_into(&self, state: &mut ClusterState, node: &str) {
+    pub fn merge_into(&self, state: &mut std::borrow::Cow<'_, ClusterState>, node: &str) {
         let mut pods = self.lock();
         pods.retain(|id, ips| {
             if state.pods.contains_key(id) {
                 // The source knows the addresses: it is the authority from here on.
                 return false;
             }
-            if let Some(mut pod) = state.unaddressed.remove(id) {
+            // Copied (from the source's shared snapshot) only when there is a pod to add.
+            if let Some(mut pod) = state.unaddressed.contains_key(id).then(|| state.to_mut().unaddressed.remove(id)).flatten() {
                 pod.ips.clone_from(ips);
                 if pod.node.is_empty() {
                     pod.node = node.to_string();
                 }
-                state.pods.insert(id.clone(), pod);
+                state.to_mut().pods.insert(id.clone(), pod);
             }
             // Kept until DEL or until the source has the addresses; a pod not in the source
             // yet (the API may lag the runtime) gets them when it comes.

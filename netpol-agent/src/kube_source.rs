@@ -148,9 +148,9 @@ pub struct KubeSource {
     watched: Arc<Watched>,
     reporter: EventReporter,
     tasks: Vec<JoinHandle<()>>,
-    /// The last snapshot's resourceVersions, state and problems: a resync with no watch event
-    /// since (the same versions) clones them instead of converting every object again.
-    last: std::sync::Mutex<Option<(BTreeMap<String, String>, ClusterState, Vec<Problem>)>>,
+    /// The last snapshot: a resync with no watch event since (the same resourceVersions) shares
+    /// it instead of converting every object again.
+    last: std::sync::Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl KubeSource {
@@ -176,20 +176,19 @@ impl KubeSource {
     }
 
     /// The stores as a snapshot, or `None` until each has had its first complete list.
-    pub fn snapshot(&self) -> Option<Snapshot> {
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
         // Versions first: the stores are at least as new as the versions read here.
         let resource_versions = self.watched.versions(&[PODS, NAMESPACES, POLICIES])?;
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((versions, state, problems)) = last.as_ref() {
-            if *versions == resource_versions {
-                // No event since: the same objects, converted and reported already.
-                return Some(Snapshot { state: state.clone(), problems: problems.clone(), manifest_digest: String::new(), resource_versions });
-            }
+        if let Some(snapshot) = last.as_ref().filter(|s| s.resource_versions == resource_versions) {
+            // No event since: the same objects, converted and reported already.
+            return Some(snapshot.clone());
         }
         let (state, problems, invalid) = convert(self.namespaces.state(), self.pods.state(), self.policies.state());
         self.reporter.report(&invalid);
-        *last = Some((resource_versions.clone(), state.clone(), problems.clone()));
-        Some(Snapshot { state, problems, manifest_digest: String::new(), resource_versions })
+        let snapshot = Arc::new(Snapshot { state, problems, manifest_digest: String::new(), resource_versions });
+        *last = Some(snapshot.clone());
+        Some(snapshot)
     }
 }
 

@@ -88,7 +88,7 @@ pub fn load_dir(dir: &Path) -> std::io::Result<Loaded> {
 }
 
 /// The manifest files under `dir` with their bytes, in [`manifest_files`] order.
-fn read_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+pub fn read_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
     let mut files = Vec::new();
     for path in manifest_files(dir)? {
         match std::fs::read(&path) {
@@ -102,7 +102,7 @@ fn read_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
 }
 
 /// Parses files read from `dir` into a snapshot with their digest.
-fn parse_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Loaded {
+pub fn parse_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Loaded {
     let mut digest = Digest::new();
     let mut loaded = Loaded::default();
     let mut seen = std::collections::BTreeSet::new();
@@ -114,48 +114,6 @@ fn parse_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Loaded {
     }
     loaded.digest = digest.finish();
     loaded
-}
-
-/// A manifest directory read again on every sync, parsed only when its files changed: the
-/// agent's periodic resync of an unchanged directory (thousands of pods) reads and compares
-/// bytes instead of parsing YAML. Written and read by the agent's sync loop.
-#[derive(Debug)]
-pub struct ManifestDir {
-    dir: PathBuf,
-    /// The files of the last read, byte for byte, and what they parsed into.
-    last: std::sync::Mutex<Option<(Vec<(PathBuf, Vec<u8>)>, Loaded)>>,
-}
-
-impl ManifestDir {
-    /// A directory not read yet.
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir, last: std::sync::Mutex::new(None) }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// What the directory holds now, as [`load_dir`] would read it; parsed again only if a
-    /// file was added, removed or changed since the last call.
-    pub fn load(&self) -> std::io::Result<Loaded> {
-        let files = read_files(&self.dir)?;
-        // A poisoned lock only means a panic mid-parse on another thread: start afresh.
-        let mut last = self.last.lock().unwrap_or_else(|poisoned| {
-            let mut guard = poisoned.into_inner();
-            *guard = None;
-            guard
-        });
-        if let Some((old, loaded)) = last.as_ref() {
-            if *old == files {
-                return Ok(loaded.clone());
-            }
-        }
-        let loaded = parse_files(&self.dir, &files);
-        *last = Some((files, loaded.clone()));
-        Ok(loaded)
-    }
 }
 
 /// Parses the YAML documents of one file into `loaded`.
@@ -345,27 +303,6 @@ mod tests {
         let l = load_dir(&d.0).unwrap();
         assert!(l.problems.is_empty(), "{:?}", l.problems);
         assert_eq!(l.state.policies.keys().next().unwrap().namespace, "default");
-    }
-
-    #[test]
-    fn a_manifest_dir_sees_every_change_and_gives_what_load_dir_gives() {
-        let d = dir(&[("a.yaml", &format!("{NS}---\n{POD}")), ("p.yaml", POLICY)]);
-        let md = ManifestDir::new(d.0.clone());
-        let names = |l: &Loaded| l.state.policies.keys().map(|k| k.name.clone()).collect::<Vec<_>>();
-        let first = md.load().unwrap();
-        assert_eq!(names(&first), ["p"]);
-        assert_eq!(md.load().unwrap().digest, first.digest, "unchanged files read again");
-        // Same length, one byte different: the name changes from p to q.
-        std::fs::write(d.0.join("p.yaml"), POLICY.replace("name: p", "name: q")).unwrap();
-        let renamed = md.load().unwrap();
-        assert_eq!(names(&renamed), ["q"]);
-        assert_eq!(renamed.digest, load_dir(&d.0).unwrap().digest);
-        std::fs::write(d.0.join("r.yaml"), POLICY.replace("name: p", "name: r")).unwrap();
-        assert_eq!(names(&md.load().unwrap()), ["q", "r"]);
-        std::fs::remove_file(d.0.join("p.yaml")).unwrap();
-        let last = md.load().unwrap();
-        assert_eq!(names(&last), ["r"]);
-        assert_eq!(last.state.pods.len(), 1);
     }
 
     #[test]

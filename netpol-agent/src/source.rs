@@ -2,7 +2,7 @@
 //! source hands the run loop the same [`Snapshot`], so there is one path from a snapshot to
 //! the maps whatever the source.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
@@ -28,24 +28,77 @@ pub struct Snapshot {
 /// A source of snapshots.
 pub enum Source {
     /// `--manifests DIR`: YAML and JSON files under a directory.
-    Manifests(manifests::ManifestDir),
+    Manifests(ManifestDir),
     /// The Kubernetes API, through watchers and reflector stores.
     Kube(KubeSource),
 }
 
+/// `--manifests DIR`: a manifest directory read again on every sync, parsed only when its files changed: the
+/// agent's periodic resync of an unchanged directory (thousands of pods) reads and hashes bytes
+/// instead of parsing YAML, and shares the snapshot it made last instead of copying it. Written
+/// and read by the agent's sync loop.
+#[derive(Debug)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    /// Each file of the last read with the SHA-256 of its bytes, and what they parsed into.
+    last: std::sync::Mutex<Option<(Vec<(PathBuf, [u8; 32])>, Arc<Snapshot>)>>,
+}
+
+impl ManifestDir {
+    /// A directory not read yet.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, last: std::sync::Mutex::new(None) }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// What the directory holds now, as [`manifests::load_dir`] would read it; parsed again only if a
+    /// file was added, removed or changed since the last call (SHA-256 of its bytes).
+    pub fn load(&self) -> std::io::Result<Arc<Snapshot>> {
+        let files = manifests::read_files(&self.dir)?;
+        let hashes: Vec<(PathBuf, [u8; 32])> = files
+            .iter()
+            .map(|(path, bytes)| {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+                (path.clone(), hash)
+            })
+            .collect();
+        // A poisoned lock only means a panic mid-parse on another thread: start afresh.
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            *guard = None;
+            guard
+        });
+        if let Some((old, loaded)) = last.as_ref() {
+            if *old == hashes {
+                return Ok(loaded.clone());
+            }
+        }
+        let loaded = manifests::parse_files(&self.dir, &files);
+        let snapshot = Arc::new(Snapshot {
+            state: loaded.state,
+            problems: loaded.problems,
+            manifest_digest: loaded.digest,
+            resource_versions: BTreeMap::new(),
+        });
+        *last = Some((hashes, snapshot.clone()));
+        Ok(snapshot)
+    }
+}
+
 impl Source {
-    /// The current snapshot, or `None` while the source cannot give a complete one yet (the API
+    /// The current snapshot (shared with the source, which hands out the same one until
+    /// something changes), or `None` while the source cannot give a complete one yet (the API
     /// source before every resource has been listed once): nothing may be programmed then.
-    pub fn snapshot(&self) -> anyhow::Result<Option<Snapshot>> {
+    pub fn snapshot(&self) -> anyhow::Result<Option<Arc<Snapshot>>> {
         match self {
             Self::Manifests(dir) => {
                 let loaded = dir.load().with_context(|| format!("read {}", dir.path().display()))?;
-                Ok(Some(Snapshot {
-                    state: loaded.state,
-                    problems: loaded.problems,
-                    manifest_digest: loaded.digest,
-                    resource_versions: BTreeMap::new(),
-                }))
+                Ok(Some(loaded))
             }
             Self::Kube(kube) => Ok(kube.snapshot()),
         }
@@ -57,5 +110,48 @@ impl Source {
             Self::Manifests(dir) => format!("manifests {}", dir.path().display()),
             Self::Kube(_) => "kubernetes api".to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {podIP: 198.18.0.10}\n";
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
+
+    #[test]
+    fn a_manifest_dir_sees_every_change_and_gives_what_load_dir_gives() {
+        let d = std::env::temp_dir().join(format!("netpol-source-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a.yaml"), format!("{NS}---\n{POD}")).unwrap();
+        std::fs::write(d.join("p.yaml"), POLICY).unwrap();
+        let d = Dir(d);
+        let md = ManifestDir::new(d.0.clone());
+        let names = |l: &Snapshot| l.state.policies.keys().map(|k| k.name.clone()).collect::<Vec<_>>();
+        let first = md.load().unwrap();
+        assert_eq!(names(&first), ["p"]);
+        assert!(std::sync::Arc::ptr_eq(&md.load().unwrap(), &first), "unchanged files parsed again");
+        // Same length, one byte different: the name changes from p to q.
+        std::fs::write(d.0.join("p.yaml"), POLICY.replace("name: p", "name: q")).unwrap();
+        let renamed = md.load().unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&renamed, &first));
+        assert_eq!(names(&renamed), ["q"]);
+        assert_eq!(renamed.manifest_digest, manifests::load_dir(&d.0).unwrap().digest);
+        std::fs::write(d.0.join("r.yaml"), POLICY.replace("name: p", "name: r")).unwrap();
+        assert_eq!(names(&md.load().unwrap()), ["q", "r"]);
+        std::fs::remove_file(d.0.join("p.yaml")).unwrap();
+        let last = md.load().unwrap();
+        assert_eq!(names(&last), ["r"]);
+        assert_eq!(last.state.pods.len(), 1);
     }
 }

@@ -60,7 +60,7 @@ async fn source(api: &ApiServer) -> KubeSource {
     KubeSource::start(kube::Client::try_from(config).expect("client"), "n1", || {})
 }
 
-async fn snapshot_where(source: &KubeSource, what: &str, ok: impl Fn(&Snapshot) -> bool) -> Snapshot {
+async fn snapshot_where(source: &KubeSource, what: &str, ok: impl Fn(&Snapshot) -> bool) -> std::sync::Arc<Snapshot> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(s) = source.snapshot().filter(|s| ok(s)) {
