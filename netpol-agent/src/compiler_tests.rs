@@ -1962,7 +1962,8 @@ fn random_cluster(seed: u64) -> Cluster {
     }
     let namespaces = ["a", "b", "c", "d"];
     for i in 0..9_u8 {
-        let mut p = pod(*rng.pick(&namespaces), &format!("p{i}"));
+        let namespace: &str = rng.pick::<&str>(&namespaces);
+        let mut p = pod(namespace, &format!("p{i}"));
         p.ips.push(format!("198.18.0.{}", 10 + i));
         if rng.chance(40) {
             p.ips.push(format!("fd00:198:18::{}", 10 + i));
@@ -1980,7 +1981,8 @@ fn random_cluster(seed: u64) -> Cluster {
             p = p.port("http", *rng.pick(&[80, 8080, 8081]), "TCP");
         }
         if rng.chance(40) {
-            p = p.port("dns", 53, *rng.pick(&["UDP", "TCP"]));
+            let protocol: &str = rng.pick::<&str>(&["UDP", "TCP"]);
+            p = p.port("dns", 53, protocol);
         }
         c = c.with_pod(p);
     }

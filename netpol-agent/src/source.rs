@@ -33,6 +33,9 @@ pub enum Source {
     Kube(KubeSource),
 }
 
+/// A manifest file and the SHA-256 of its bytes.
+type FileHash = (PathBuf, [u8; 32]);
+
 /// `--manifests DIR`: a manifest directory read again on every sync, parsed only when its files changed: the
 /// agent's periodic resync of an unchanged directory (thousands of pods) reads and hashes bytes
 /// instead of parsing YAML, and shares the snapshot it made last instead of copying it. Written
@@ -41,7 +44,7 @@ pub enum Source {
 pub struct ManifestDir {
     dir: PathBuf,
     /// Each file of the last read with the SHA-256 of its bytes, and what they parsed into.
-    last: std::sync::Mutex<Option<(Vec<(PathBuf, [u8; 32])>, Arc<Snapshot>)>>,
+    last: std::sync::Mutex<Option<(Vec<FileHash>, Arc<Snapshot>)>>,
 }
 
 impl ManifestDir {
@@ -59,7 +62,7 @@ impl ManifestDir {
     /// file was added, removed or changed since the last call (SHA-256 of its bytes).
     pub fn load(&self) -> std::io::Result<Arc<Snapshot>> {
         let files = manifests::read_files(&self.dir)?;
-        let hashes: Vec<(PathBuf, [u8; 32])> = files
+        let hashes: Vec<FileHash> = files
             .iter()
             .map(|(path, bytes)| {
                 let mut hash = [0u8; 32];
