@@ -210,10 +210,11 @@ fn add_object(value: serde_yaml::Value, at: &str, loaded: &mut Loaded, seen: &mu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
+    /// A temporary manifest directory, removed when dropped.
+    pub(crate) struct Dir(pub(crate) PathBuf);
 
     impl Drop for Dir {
         fn drop(&mut self) {
@@ -221,7 +222,8 @@ mod tests {
         }
     }
 
-    fn dir(files: &[(&str, &str)]) -> Dir {
+    /// A temporary directory holding `files` (relative path, content).
+    pub(crate) fn dir(files: &[(&str, &str)]) -> Dir {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let d = std::env::temp_dir().join(format!(
             "netpol-manifests-test-{}-{}",
@@ -236,9 +238,9 @@ mod tests {
         Dir(d)
     }
 
-    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: a}}\n";
-    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {podIP: 198.18.0.10}\n";
-    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
+    pub(crate) const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: a}}\n";
+    pub(crate) const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {podIP: 198.18.0.10}\n";
+    pub(crate) const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
 
     #[test]
     fn several_documents_per_file_subdirectories_and_json_are_read() {

@@ -36,10 +36,10 @@ pub enum Source {
 /// A manifest file and the SHA-256 of its bytes.
 type FileHash = (PathBuf, [u8; 32]);
 
-/// `--manifests DIR`: a manifest directory read again on every sync, parsed only when its files changed: the
-/// agent's periodic resync of an unchanged directory (thousands of pods) reads and hashes bytes
-/// instead of parsing YAML, and shares the snapshot it made last instead of copying it. Written
-/// and read by the agent's sync loop.
+/// `--manifests DIR`: a manifest directory read again on every sync, parsed only when its files
+/// changed: the agent's periodic resync of an unchanged directory (thousands of pods) reads and
+/// hashes bytes instead of parsing YAML, and shares the snapshot it made last instead of copying
+/// it. Written and read by the agent's sync loop.
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
@@ -119,26 +119,11 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Dir(PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
-    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {podIP: 198.18.0.10}\n";
-    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
+    use crate::manifests::tests::{dir, NS, POD, POLICY};
 
     #[test]
     fn a_manifest_dir_sees_every_change_and_gives_what_load_dir_gives() {
-        let d = std::env::temp_dir().join(format!("netpol-source-test-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("a.yaml"), format!("{NS}---\n{POD}")).unwrap();
-        std::fs::write(d.join("p.yaml"), POLICY).unwrap();
-        let d = Dir(d);
+        let d = dir(&[("a.yaml", &format!("{NS}---\n{POD}")), ("p.yaml", POLICY)]);
         let md = ManifestDir::new(d.0.clone());
         let names = |l: &Snapshot| l.state.policies.keys().map(|k| k.name.clone()).collect::<Vec<_>>();
         let first = md.load().unwrap();
