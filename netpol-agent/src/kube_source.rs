@@ -150,7 +150,7 @@ pub struct KubeSource {
     tasks: Vec<JoinHandle<()>>,
     /// The last snapshot: a resync with no watch event since (the same resourceVersions) shares
     /// it instead of converting every object again.
-    last: std::sync::Mutex<Option<Arc<Snapshot>>>,
+    last: crate::source::LastSnapshot<BTreeMap<String, String>>,
 }
 
 impl KubeSource {
@@ -171,7 +171,7 @@ impl KubeSource {
             watched,
             reporter,
             tasks: vec![pods_task, namespaces_task, policies_task, reporter_task],
-            last: std::sync::Mutex::new(None),
+            last: crate::source::LastSnapshot::default(),
         }
     }
 
@@ -179,16 +179,12 @@ impl KubeSource {
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
         // Versions first: the stores are at least as new as the versions read here.
         let resource_versions = self.watched.versions(&[PODS, NAMESPACES, POLICIES])?;
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(snapshot) = last.as_ref().filter(|s| s.resource_versions == resource_versions) {
-            // No event since: the same objects, converted and reported already.
-            return Some(snapshot.clone());
-        }
-        let (state, problems, invalid) = convert(self.namespaces.state(), self.pods.state(), self.policies.state());
-        self.reporter.report(&invalid);
-        let snapshot = Arc::new(Snapshot { state, problems, manifest_digest: String::new(), resource_versions });
-        *last = Some(snapshot.clone());
-        Some(snapshot)
+        // The same versions: no event since, the same objects, converted and reported already.
+        Some(self.last.get_or_make(resource_versions.clone(), || {
+            let (state, problems, invalid) = convert(self.namespaces.state(), self.pods.state(), self.policies.state());
+            self.reporter.report(&invalid);
+            Snapshot { state, problems, manifest_digest: String::new(), resource_versions }
+        }))
     }
 }
 

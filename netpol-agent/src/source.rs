@@ -44,13 +44,13 @@ type FileHash = (PathBuf, [u8; 32]);
 pub struct ManifestDir {
     dir: PathBuf,
     /// Each file of the last read with the SHA-256 of its bytes, and what they parsed into.
-    last: std::sync::Mutex<Option<(Vec<FileHash>, Arc<Snapshot>)>>,
+    last: LastSnapshot<Vec<FileHash>>,
 }
 
 impl ManifestDir {
     /// A directory not read yet.
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, last: std::sync::Mutex::new(None) }
+        Self { dir, last: LastSnapshot::default() }
     }
 
     /// The directory.
@@ -58,8 +58,8 @@ impl ManifestDir {
         &self.dir
     }
 
-    /// What the directory holds now, as [`manifests::load_dir`] would read it; parsed again only if a
-    /// file was added, removed or changed since the last call (SHA-256 of its bytes).
+    /// What the directory holds now, as [`manifests::load_dir`] would read it; parsed again only
+    /// if a file was added, removed or changed since the last call (SHA-256 of its bytes).
     pub fn load(&self) -> std::io::Result<Arc<Snapshot>> {
         let files = manifests::read_files(&self.dir)?;
         let hashes: Vec<FileHash> = files
@@ -70,26 +70,37 @@ impl ManifestDir {
                 (path.clone(), hash)
             })
             .collect();
-        // A poisoned lock only means a panic mid-parse on another thread: start afresh.
-        let mut last = self.last.lock().unwrap_or_else(|poisoned| {
-            let mut guard = poisoned.into_inner();
-            *guard = None;
-            guard
-        });
-        if let Some((old, loaded)) = last.as_ref() {
-            if *old == hashes {
-                return Ok(loaded.clone());
-            }
+        Ok(self.last.get_or_make(hashes, || {
+            let loaded = manifests::parse_files(&self.dir, &files);
+            Snapshot { state: loaded.state, problems: loaded.problems, manifest_digest: loaded.digest, resource_versions: BTreeMap::new() }
+        }))
+    }
+}
+
+/// The snapshot a source made last and the key it was made under (what the source read: file
+/// hashes, resourceVersions), so that a resync with nothing changed shares it instead of
+/// making it again. Written and read by the source's `snapshot`.
+#[derive(Debug)]
+pub(crate) struct LastSnapshot<K>(std::sync::Mutex<Option<(K, Arc<Snapshot>)>>);
+
+impl<K> Default for LastSnapshot<K> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+}
+
+impl<K: PartialEq> LastSnapshot<K> {
+    /// The last snapshot if it was made under `key`; otherwise `make`'s, remembered under `key`.
+    pub(crate) fn get_or_make(&self, key: K, make: impl FnOnce() -> Snapshot) -> Arc<Snapshot> {
+        // A poisoned lock means `make` panicked on another thread; what is stored was stored
+        // whole before it.
+        let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, snapshot)) = last.as_ref().filter(|(k, _)| *k == key) {
+            return snapshot.clone();
         }
-        let loaded = manifests::parse_files(&self.dir, &files);
-        let snapshot = Arc::new(Snapshot {
-            state: loaded.state,
-            problems: loaded.problems,
-            manifest_digest: loaded.digest,
-            resource_versions: BTreeMap::new(),
-        });
-        *last = Some((hashes, snapshot.clone()));
-        Ok(snapshot)
+        let snapshot = Arc::new(make());
+        *last = Some((key, snapshot.clone()));
+        snapshot
     }
 }
 

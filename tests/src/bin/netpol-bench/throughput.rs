@@ -215,7 +215,7 @@ fn request_response_us(client: &str, addr: IpAddr) -> anyhow::Result<f64> {
         s.read_exact(&mut b)?;
         rtts.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    Ok(median(&mut rtts))
+    Ok(median(&rtts))
 }
 
 /// Closes with a reset (SO_LINGER 0), so that a second of connections does not fill the
@@ -249,8 +249,9 @@ fn connection_rate(client: &str, addr: IpAddr) -> f64 {
     f64::from(n) / start.elapsed().as_secs_f64()
 }
 
-/// The median (the upper one of an even count); sorts `v`.
-fn median(v: &mut [f64]) -> f64 {
+/// The median (the upper one of an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -350,29 +351,28 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         let (llo, lhi) = spread(&rr[variant]);
         println!(
             "  {variant:<8}: TCP median {:.2} Gbit/s (range {:.2}-{:.2}), UDP median {:.2} Gbit/s (range {:.2}-{:.2}), connections/s median {:.0}, request/response median {:.1} us (range {:.1}-{:.1})",
-            median(&mut tput[variant].clone()) / 1e9,
+            median(&tput[variant]) / 1e9,
             lo / 1e9,
             hi / 1e9,
-            median(&mut udp[variant].clone()) / 1e9,
+            median(&udp[variant]) / 1e9,
             ulo / 1e9,
             uhi / 1e9,
-            median(&mut rate[variant].clone()),
-            median(&mut rr[variant].clone()),
+            median(&rate[variant]),
+            median(&rr[variant]),
             llo,
             lhi
         );
     }
-    let m = |map: &mut BTreeMap<&str, Vec<f64>>, k: &str| median(map.get_mut(k).expect("variant"));
     // The ratios are paired: the median over rounds of each round's own ratio. A round measures
     // every variant within a minute, so the VM's slow drifts (neighbours, host frequency), which
     // move whole rounds by more than the targets' margins, cancel in a round's ratio; the ratio
     // of the variants' medians, in which they do not cancel, is reported beside it
     // (`..._of_medians`).
     let mut paired = |name: &str, map: &BTreeMap<&str, Vec<f64>>, a: &str, b: &str| {
-        let mut ratios: Vec<f64> = map[a].iter().zip(&map[b]).map(|(x, y)| x / y).collect();
+        let ratios: Vec<f64> = map[a].iter().zip(&map[b]).map(|(x, y)| x / y).collect();
         let (lo, hi) = spread(&ratios);
-        let r = median(&mut ratios);
-        let of_medians = median(&mut map[a].clone()) / median(&mut map[b].clone());
+        let r = median(&ratios);
+        let of_medians = median(&map[a]) / median(&map[b]);
         println!("  {name}: {r:.3} (rounds {lo:.3}-{hi:.3}; ratio of medians {of_medians:.3})");
         figures.add(name, r, "ratio");
         figures.add(&format!("{name}_of_medians"), of_medians, "ratio");
@@ -386,20 +386,20 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     paired("udp_throughput_ratio_vs_no_program", &udp, "netpol", "none");
     paired("udp_throughput_ratio_vs_iptables", &udp, "netpol", "iptables");
     paired("request_response_latency_ratio_vs_no_program", &rr, "netpol", "none");
-    let (tn, tp, ti, te) = (m(&mut tput, "none"), m(&mut tput, "netpol"), m(&mut tput, "iptables"), m(&mut tput, "empty"));
+    let (tn, tp, ti, te) = (median(&tput["none"]), median(&tput["netpol"]), median(&tput["iptables"]), median(&tput["empty"]));
     figures.add("tcp_throughput_gbps_no_program", tn / 1e9, "Gbit/s");
     figures.add("tcp_throughput_gbps_empty_program", te / 1e9, "Gbit/s");
     figures.add("tcp_throughput_gbps_netpol", tp / 1e9, "Gbit/s");
     figures.add("tcp_throughput_gbps_iptables", ti / 1e9, "Gbit/s");
-    let (un, up, ui) = (m(&mut udp, "none"), m(&mut udp, "netpol"), m(&mut udp, "iptables"));
+    let (un, up, ui) = (median(&udp["none"]), median(&udp["netpol"]), median(&udp["iptables"]));
     figures.add("udp_throughput_gbps_no_program", un / 1e9, "Gbit/s");
     figures.add("udp_throughput_gbps_netpol", up / 1e9, "Gbit/s");
     figures.add("udp_throughput_gbps_iptables", ui / 1e9, "Gbit/s");
-    let (rn, rp, ri) = (m(&mut rate, "none"), m(&mut rate, "netpol"), m(&mut rate, "iptables"));
+    let (rn, rp, ri) = (median(&rate["none"]), median(&rate["netpol"]), median(&rate["iptables"]));
     figures.add("connections_per_second_no_program", rn, "1/s");
     figures.add("connections_per_second_netpol", rp, "1/s");
     figures.add("connections_per_second_iptables", ri, "1/s");
-    let (ln, lp, li) = (m(&mut rr, "none"), m(&mut rr, "netpol"), m(&mut rr, "iptables"));
+    let (ln, lp, li) = (median(&rr["none"]), median(&rr["netpol"]), median(&rr["iptables"]));
     figures.add("request_response_us_no_program", ln, "us");
     figures.add("request_response_us_netpol", lp, "us");
     figures.add("request_response_us_iptables", li, "us");
