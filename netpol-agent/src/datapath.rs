@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -25,6 +25,7 @@ use netpol_common::{
     counter_index, COUNTER_SLOTS, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
     EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EPOCH, MAP_IPCACHE, MAP_PEER_RULES,
     MAP_POLICY, MAP_PORT_RULES, MAP_EVENT_STATS, MAP_RULE_HITS, MAP_SLOTS, event_stat_index, EVENT_STAT_KINDS, RULE_HITS_MAX,
+    JUMP_DEFERRED, JUMP_TO_POD, MAP_JUMPS,
 };
 
 use crate::{
@@ -39,9 +40,11 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_FROM_POD: &str = "netpol_from_pod";
 /// Program on the host veth's TCX egress: traffic to the pod (its ingress policy).
 pub const PROG_TO_POD: &str = "netpol_to_pod";
-/// Program on the TCX egress of every Ethernet interface of the node (pod veths included):
-/// judges the packets whose egress judgement a pod's veth deferred until after NAT.
+/// Program on the TCX egress of every Ethernet interface of the node but local pods' veths:
+/// judges the packets whose egress judgement a pod's veth deferred until after NAT. On pods'
+/// veths [`PROG_TO_POD`] jumps to it for those packets (a tail call through `MAP_JUMPS`).
 pub const PROG_EXIT: &str = "netpol_exit";
+
 /// The endpoint id of interfaces held closed ([`Datapath::hold`]): no policy entry has it
 /// (pods' ids start at 1).
 pub const HELD_ENDPOINT: u32 = 0;
@@ -221,6 +224,13 @@ impl Datapath {
                 source: Box::new(aya::maps::MapError::InvalidName { name: name.to_string() }),
             })
         };
+        // The jump table before any link runs these programs: without it a deferred packet into
+        // a pod is dropped. The pin keeps it filled after this handle is gone.
+        let mut jumps = ProgramArray::try_from(take(&mut ebpf, MAP_JUMPS)?).map_err(map_err(MAP_JUMPS))?;
+        for (index, name) in [(JUMP_DEFERRED, PROG_EXIT), (JUMP_TO_POD, PROG_TO_POD)] {
+            let fd = program(&mut ebpf, name)?.fd().map_err(prog_err(format!("program {name}")))?;
+            jumps.set(index, fd, 0).map_err(map_err(format!("jump table entry {index} ({name})")))?;
+        }
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let ipcache = HashMap::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?;
         let cidrs = LpmTrie::try_from(take(&mut ebpf, MAP_CIDRS)?).map_err(map_err(MAP_CIDRS))?;
@@ -553,6 +563,22 @@ impl Datapath {
             self.unpin_links(*ifindex, stats);
             stats.detached += 1;
         }
+        self.retire_pod_exits(stats);
+    }
+
+    /// Unpins the [`PROG_EXIT`] links of interfaces whose [`PROG_TO_POD`] is linked: that
+    /// program judges deferred packets itself (links switched to this build's programs only:
+    /// an earlier build's may not).
+    fn retire_pod_exits(&mut self, stats: &mut ApplyStats) {
+        if self.adopt_after_first_apply {
+            return;
+        }
+        for ifindex in self.pinned_exits() {
+            if self.link_pin(ifindex, PROG_TO_POD).exists() {
+                unpin(&self.exit_pin(ifindex), stats);
+                stats.detached += 1;
+            }
+        }
     }
 
     /// Holds a new interface closed until a local pod claims it: an endpoint entry isolated both
@@ -655,13 +681,16 @@ impl Datapath {
     }
 
     /// Attaches [`PROG_EXIT`] to the TCX egress of every interface in `interfaces` that has
-    /// none yet (pinned, like the pods' links), and unpins the links of interfaces gone. Run
-    /// before [`Datapath::apply`] attaches a pod's classifiers, so that no packet they defer
-    /// leaves unjudged.
+    /// none yet and is not a local pod's veth (pinned, like the pods' links), and unpins the
+    /// links of interfaces gone. Run before [`Datapath::apply`] attaches a pod's classifiers, so
+    /// that no packet they defer leaves unjudged. A pod's veth needs no exit once its
+    /// [`PROG_TO_POD`] is linked (that program judges deferred packets first): a new veth gets
+    /// one here until [`Datapath::apply`] links the pod's classifiers and retires it.
     pub fn apply_exits(&mut self, interfaces: &[crate::netlink::EthernetInterface]) -> ApplyStats {
         let mut stats = ApplyStats::default();
         let pinned = self.pinned_exits();
-        for iface in interfaces.iter().filter(|i| !pinned.contains(&i.ifindex)) {
+        let pods = self.pinned_links();
+        for iface in interfaces.iter().filter(|i| !pinned.contains(&i.ifindex) && !pods.contains(&i.ifindex)) {
             let pin = self.exit_pin(iface.ifindex);
             let attached = self.attach_pinned(PROG_EXIT, &iface.name, TcAttachType::Egress, &pin);
             match attached {

@@ -338,6 +338,7 @@ pub fn explanation(reason: Reason) -> &'static str {
         Reason::AllowRelated => "an ICMP error about an allowed connection",
         Reason::AllowAudit => "audit mode: policy would drop it",
         Reason::PassDeferred => "judged where it leaves the node, after NAT (a Service address or outside the cluster)",
+        Reason::DropNoProgram => "no program to judge a packet deferred until after NAT (the agent has not loaded its programs)",
     }
 }
 

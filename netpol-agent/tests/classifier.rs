@@ -11,7 +11,10 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    maps::{Map, MapData, ProgramArray},
+    programs::{TestRun, TestRunOptions},
+};
 use netpol_agent::{
     compiler::{CompileOptions, Compiler},
     datapath::{Datapath, PodInterface, PROG_EXIT, PROG_FROM_POD, PROG_TO_POD},
@@ -38,6 +41,11 @@ fn is_root() -> bool {
 /// Loads the data path and programs `yaml` (namespaces, pods, policies) for pod `local`,
 /// which the classifier sees on ifindex 1.
 fn fixture(yaml: &str, local: (&str, &str)) -> Option<Fixture> {
+    fixture_at(yaml, &[(local, 1)])
+}
+
+/// [`fixture`] with local pods on the given ifindexes (BPF_PROG_TEST_RUN runs on 1).
+fn fixture_at(yaml: &str, locals: &[((&str, &str), u32)]) -> Option<Fixture> {
     if !is_root() {
         eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
         return None;
@@ -49,7 +57,8 @@ fn fixture(yaml: &str, local: (&str, &str)) -> Option<Fixture> {
     manifests::load_documents(yaml, "test.yaml", &mut loaded, &mut Default::default());
     assert!(loaded.problems.is_empty(), "fixture problems: {:?}", loaded.problems);
     let desired = Compiler::new().compile(&loaded.state, &CompileOptions { node: "n1".into(), host_ips: vec![], allow_host: false });
-    let interfaces = BTreeMap::from([(ObjectRef::new(local.0, local.1), PodInterface { ifindex: 1, name: "lo".into() })]);
+    let interfaces: BTreeMap<_, _> =
+        locals.iter().map(|((ns, name), ifindex)| (ObjectRef::new(*ns, *name), PodInterface { ifindex: *ifindex, name: format!("if{ifindex}") })).collect();
     let stats = dp.apply_maps(&desired, &interfaces);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
     Some(Fixture { dp, _pin: pin })
@@ -491,6 +500,51 @@ fn egress_to_a_service_address_is_judged_after_nat_where_it_leaves_the_node() {
     // (ingress is isolated, so only as a tracked flow); a new flow from there is not.
     assert_eq!(f.entering_pod(&frame::ip(SERVICE, A, TCP, &frame::l4(TCP, 443, 40002, false))), ALLOW);
     assert_eq!(f.entering_pod(&flow(SERVICE, A, TCP, 443, 40099)), DROP);
+}
+
+/// x/b may send to x/a on TCP 80 and 443 only.
+const B_EGRESS_TO_A: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {pod: a}}}]
+    ports: [{port: 80}, {port: 443}]
+"#;
+
+#[test]
+fn a_deferred_packet_into_a_local_pod_is_judged_by_the_senders_egress_then_the_pods_ingress() {
+    let yaml = format!("{}\n---\n{B_EGRESS_TO_A}", with_policy(ALLOW_B_TCP_80));
+    // x/a on ifindex 1 (where BPF_PROG_TEST_RUN runs the classifier), x/b local too, on 2.
+    let Some(mut f) = fixture_at(&yaml, &[(("x", "a"), 1), (("x", "b"), 2)]) else { return };
+    const KUBE_MASQ: u32 = 0x4000;
+    let b_slot = f.dp.current_endpoints()[&2].slot;
+    let mark = netpol_common::defer_mark(KUBE_MASQ, b_slot);
+    // From x/b (deferred on its veth, after kube-proxy's DNAT of a ClusterIP to x/a), leaving
+    // into x/a: x/b's egress allows 80 and 443, x/a's ingress only 80; x/b may not send to 22.
+    // Either way the mark is cleared and kube-proxy's bit kept.
+    assert_eq!(f.run_marked(PROG_TO_POD, &flow(B, A, TCP, 40000, 80), mark), (ALLOW, KUBE_MASQ));
+    assert_eq!(f.run_marked(PROG_TO_POD, &flow(B, A, TCP, 40001, 443), mark), (DROP, KUBE_MASQ), "x/a's ingress");
+    assert_eq!(f.run_marked(PROG_TO_POD, &flow(B, A, TCP, 40002, 22), mark), (DROP, KUBE_MASQ), "x/b's egress");
+    assert_eq!((f.counter("allow_policy"), f.counter("drop_no_rule")), (3, 2), "both sides judged the first, each side dropped one");
+    // The allowed flow's next packets pass, marked (deferred again on x/b's veth) or not.
+    let next = frame::ip(B, A, TCP, &frame::l4(TCP, 40000, 80, false));
+    assert_eq!(f.run_marked(PROG_TO_POD, &next, mark), (ALLOW, KUBE_MASQ));
+    assert_eq!(f.run_marked(PROG_TO_POD, &next, 0), (ALLOW, 0));
+    assert_eq!(f.counter("allow_policy"), 3, "no new verdict");
+
+    // Without its jump table the classifier judges no deferred packet: dropped and counted.
+    // Unmarked packets are judged as before.
+    let pinned = MapData::from_pin(f._pin.0.join(netpol_common::MAP_JUMPS)).expect("pinned jump table");
+    let mut jumps = ProgramArray::try_from(Map::ProgramArray(pinned)).expect("a program array");
+    jumps.clear_index(&netpol_common::JUMP_DEFERRED).expect("clear");
+    assert_eq!(f.run_marked(PROG_TO_POD, &flow(B, A, TCP, 40003, 80), mark).0, DROP);
+    assert_eq!(f.counter("drop_no_program"), 1);
+    assert_eq!(f.entering_pod(&flow(B, A, TCP, 40004, 80)), ALLOW);
+    assert_eq!(f.entering_pod(&flow(B, A, TCP, 40005, 443)), DROP);
 }
 
 #[test]

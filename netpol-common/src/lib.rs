@@ -92,13 +92,31 @@ pub const MAP_FLOW_CACHE: &str = "NETPOL_FLOW_CACHE";
 /// instead of walking the rest of the program once per way through the lookup. Not pinned.
 pub const MAP_FLOW_FOUND: &str = "NETPOL_FLOW_FOUND";
 
+/// Name of the program array `index -> program` ([`JUMPS_LEN`] entries): the tail calls of the
+/// classifier on a pod's veth that judges a packet entering the pod. At [`JUMP_DEFERRED`] the
+/// exit program, which judges a deferred packet ([`MARK_DEFER_MASK`]) by its sender's egress
+/// policy, at [`JUMP_TO_POD`] the program that judges a packet by the receiving pod's ingress
+/// policy, where the exit program goes on. Written
+/// by the agent right after it loads the programs, before it attaches or adopts any link; read by
+/// the classifiers only. Pinned, so that the table outlives the agent with the links (the kernel
+/// empties a program array when no file descriptor or pin holds it any more).
+pub const MAP_JUMPS: &str = "NETPOL_JUMPS";
+/// [`MAP_JUMPS`] index of the exit program, which judges a deferred packet and, entering a pod,
+/// jumps to [`JUMP_TO_POD`].
+pub const JUMP_DEFERRED: u32 = 0;
+/// [`MAP_JUMPS`] index of the program that judges a packet entering a pod by the pod's ingress
+/// policy.
+pub const JUMP_TO_POD: u32 = 1;
+/// Entries of [`MAP_JUMPS`].
+pub const JUMPS_LEN: u32 = 2;
+
 /// The packet-mark bits ([`MARK_DEFER_MASK`]) that say "this packet left a local pod whose
 /// egress is judged where it leaves the node, after NAT": the magic value [`MARK_DEFER_MAGIC`] in
 /// bits 25-27 and the pod's endpoint slot in bits 16-24. Set by the classifier on a pod's veth for
 /// new flows to addresses that are neither pods nor the node (a Service's ClusterIP, which
 /// kube-proxy rewrites to a backend in the node's namespace after that hook, or an outside
-/// address); read and cleared by the classifier on the interface the packet leaves through (a
-/// pod's veth or one of the node's own interfaces). Bits 0-15 (kube-proxy's 0x4000 and 0x8000)
+/// address); read and cleared where the packet leaves the node: by the classifier into a pod (through
+/// [`JUMP_DEFERRED`]) or on one of the node's other interfaces. Bits 0-15 (kube-proxy's 0x4000 and 0x8000)
 /// and 28-31 are left alone.
 pub const MARK_DEFER_MASK: u32 = 0x0fff_0000;
 /// See [`MARK_DEFER_MASK`].
@@ -661,10 +679,13 @@ pub enum Reason {
     /// policy judges it where it leaves the node, after NAT (its later packets count as
     /// established here, and are judged there too).
     PassDeferred = 17,
+    /// Dropped: a deferred packet into a pod found no program to judge it by ([`MAP_JUMPS`] not
+    /// filled: never once the agent has loaded the programs).
+    DropNoProgram = 18,
 }
 
 /// Number of [`Reason`] values (counters per endpoint slot and direction in [`MAP_COUNTERS`]).
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     /// Every reason, in counter-index order.
@@ -687,6 +708,7 @@ impl Reason {
         Reason::AllowRelated,
         Reason::AllowAudit,
         Reason::PassDeferred,
+        Reason::DropNoProgram,
     ];
 
     /// A short snake_case name for logs and metrics.
@@ -710,6 +732,7 @@ impl Reason {
             Reason::AllowRelated => "allow_related",
             Reason::AllowAudit => "allow_audit",
             Reason::PassDeferred => "pass_deferred",
+            Reason::DropNoProgram => "drop_no_program",
         }
     }
 
@@ -730,6 +753,7 @@ impl Reason {
                 | Reason::DropExtHeaders
                 | Reason::DropRevoked
                 | Reason::DropNonIp
+                | Reason::DropNoProgram
         )
     }
 }

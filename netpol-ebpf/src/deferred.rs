@@ -3,15 +3,16 @@
 //! a flow to a ClusterIP would be judged against the ClusterIP, not the pod it reaches. So a new
 //! flow from an egress-isolated pod to an address that is neither a pod nor the node is passed on
 //! with the pod's endpoint slot in the packet mark ([`netpol_common::defer_mark`]), and judged by
-//! the pod's egress policy where it leaves the node — on the veth of the pod it reaches, or on
-//! one of the node's own interfaces — with the address it really goes to.
+//! the pod's egress policy where it leaves the node — on the veth of the pod it reaches (a tail
+//! call from the classifier into that pod), or on one of the node's other interfaces — with the
+//! address it really goes to.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use netpol_common::{deferred_slot, defer_mark, EndpointInfo, IpKey, Reason, DIR_EGRESS, MARK_DEFER_MASK};
 
 use crate::{
     conntrack, count, events,
-    maps::{CONNTRACK, ENDPOINTS, IPCACHE, SLOTS},
+    maps::{CONNTRACK, ENDPOINTS, IPCACHE, JUMPS, SLOTS},
     opens_flow,
     parse::{self, Packet},
     policy, revalidate, settle,
@@ -39,6 +40,35 @@ pub fn mark_slot(ctx: &TcContext, slot: u32) {
     // SAFETY: the context pointer is valid for the whole program run.
     let mark = unsafe { (*ctx.skb.skb).mark };
     ctx.set_mark(defer_mark(mark, slot));
+}
+
+/// Whether the packet's egress judgement was deferred (one mark check).
+#[inline(always)]
+pub fn is_marked(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the whole program run.
+    deferred_slot(unsafe { (*ctx.skb.skb).mark }).is_some()
+}
+
+/// Goes on in the program at `index` of [`JUMPS`] (a tail call: it does not come back). Only
+/// if the table lacks it does this return: the packet is dropped, counted as
+/// [`Reason::DropNoProgram`] (no judgement is no pass).
+#[inline(always)]
+pub fn jump(ctx: &TcContext, index: u32) -> i32 {
+    // SAFETY: a tail call into a classifier of this object, on the same context.
+    unsafe { JUMPS.tail_call(ctx, index) };
+    count(0, DIR_EGRESS, Reason::DropNoProgram);
+    TC_ACT_SHOT
+}
+
+/// Whether the packet is leaving into a local pod: the interface is a pod's veth (it has an
+/// endpoint).
+#[inline(always)]
+pub fn into_pod(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the whole program run. Copied: a map key must be
+    // on the stack.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: only checked for presence.
+    unsafe { ENDPOINTS.get(&ifindex) }.is_some()
 }
 
 /// For a packet leaving through this interface: if its egress judgement was deferred, clears

@@ -20,6 +20,7 @@ use aya_ebpf::{
 };
 use netpol_common::{
     counter_index, CtValue, EndpointInfo, EP_AUDIT, FragKey, FragValue, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_HAS_IPV4, EP_HAS_IPV6,
+    JUMP_DEFERRED, JUMP_TO_POD,
 };
 
 use crate::{
@@ -33,22 +34,36 @@ pub fn netpol_from_pod(ctx: TcContext) -> i32 {
     verdict(&ctx, DIR_EGRESS)
 }
 
-/// TCX egress of the host-side veth: packets entering the pod, judged by its Ingress policy.
+/// TCX egress of the host-side veth: packets entering the pod, judged by its Ingress policy. A
+/// packet whose egress judgement another pod's veth deferred ([`deferred`]) is judged by that
+/// pod's Egress policy first, in [`netpol_exit`] (a tail call there and back), so that pods'
+/// veths need no exit program of their own on every packet.
 #[classifier]
 pub fn netpol_to_pod(ctx: TcContext) -> i32 {
+    if deferred::is_marked(&ctx) {
+        return deferred::jump(&ctx, JUMP_DEFERRED);
+    }
     verdict(&ctx, DIR_INGRESS)
 }
 
-/// TCX egress of every interface of the node (pods' veths included): packets leaving through
-/// it whose egress judgement a pod's veth deferred until after the node's NAT ([`deferred`]).
-/// Every other packet goes on after one mark check.
+/// TCX egress of every interface of the node that is not a local pod's veth, and the tail call
+/// of [`netpol_to_pod`] for a deferred packet: a packet leaving through the interface whose
+/// egress judgement a pod's veth deferred until after the node's NAT ([`deferred`]) is judged by
+/// that pod's Egress policy (the mark cleared); on a pod's veth it then goes back to
+/// [`netpol_to_pod`] for the receiving pod's Ingress policy. Every other packet goes on after one
+/// mark check.
 #[classifier]
 pub fn netpol_exit(ctx: TcContext) -> i32 {
-    if deferred::denied(&ctx) {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_UNSPEC
+    if !deferred::is_marked(&ctx) {
+        return TC_ACT_UNSPEC;
     }
+    if deferred::denied(&ctx) {
+        return TC_ACT_SHOT;
+    }
+    if deferred::into_pod(&ctx) {
+        return deferred::jump(&ctx, JUMP_TO_POD);
+    }
+    TC_ACT_UNSPEC
 }
 
 /// A classifier that only lets packets go on: the floor the benchmarks measure netpol's cost

@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use netpol_common::{
     CtKey, CtValue, DatapathConfig, EndpointInfo, EventBudget, FlowCacheEntry, FragKey, FragValue, IdentityValue, IpKey, PeerKey, PeerRules,
     PolicyKey, PolicyValue, CIDRS_MAX, CONNTRACK_MAX, COUNTERS_LEN, COUNTER_SLOTS, ENDPOINTS_MAX, EVENTS_BYTES,
-    EVENT_STATS_LEN, FLOW_CACHE_SIZE, FRAGMENTS_MAX, IPCACHE_MAX, POLICY_MAX, RULES_MAX, RULE_HITS_MAX,
+    EVENT_STATS_LEN, FLOW_CACHE_SIZE, FRAGMENTS_MAX, IPCACHE_MAX, JUMPS_LEN, POLICY_MAX, RULES_MAX, RULE_HITS_MAX,
 };
 
 /// `BPF_F_NO_PREALLOC`: hash map elements allocated as written, not all at load.
@@ -88,3 +88,7 @@ pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entri
 /// (`netpol_common::MAP_FLOW_FOUND`); not pinned.
 #[map(name = "NETPOL_FLOW_FOUND")]
 pub static FLOW_FOUND: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The tail calls of the classifier into a pod (`netpol_common::MAP_JUMPS`).
+#[map(name = "NETPOL_JUMPS")]
+pub static JUMPS: ProgramArray = ProgramArray::pinned(JUMPS_LEN, 0);
