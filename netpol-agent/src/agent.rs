@@ -276,7 +276,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     let mut compiler = Compiler::new();
     let mut status = Status::default();
-    let mut seeded = false;
+    let mut memo = SyncMemo::default();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut next_sync = tokio::time::Instant::now();
     let mut unattached_delay = UNATTACHED_RESYNC;
@@ -313,7 +313,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             holds.hold_new(&mut datapath);
             holds.release_expired(&mut datapath, limit);
         }
-        match sync(&cfg, &source, &cni_pods, &mut compiler, &mut datapath, &mut status, &mut seeded, event_hub.as_deref()) {
+        match sync(&cfg, &source, &cni_pods, &mut compiler, &mut datapath, &mut status, &mut memo, event_hub.as_deref()) {
             Ok(true) => {
                 enforced_tx.send_replace(crate::cni_server::Enforced {
                     syncs: status.syncs,
@@ -395,6 +395,24 @@ fn install_cni(cfg: &RunConfig) -> anyhow::Result<Option<notify::RecommendedWatc
 /// The plugin's `timeoutSeconds` in the chained configuration.
 const CNI_PLUGIN_TIMEOUT_SECONDS: u64 = 10;
 
+/// What one sync leaves for the next.
+#[derive(Default)]
+struct SyncMemo {
+    /// Endpoint ids were taken over from the pinned map (once, at the first sync).
+    seeded: bool,
+    /// The last compile's output, and what it was made from.
+    compiled: Option<Compiled>,
+}
+
+/// A compile's output with its input: the source's snapshot, used as it was (not changed by the
+/// sync), and the node's addresses. A resync with the same input uses it again: the compiler
+/// would make the same maps (its endpoint ids and rule ids are kept per pod and rule).
+struct Compiled {
+    snapshot: Arc<crate::source::Snapshot>,
+    host_ips: Vec<std::net::IpAddr>,
+    desired: crate::compiler::Desired,
+}
+
 /// One level-triggered sync. `Ok(false)` when the source has no complete snapshot yet, so
 /// nothing was programmed.
 #[allow(clippy::too_many_arguments)]
@@ -405,7 +423,7 @@ fn sync(
     compiler: &mut Compiler,
     datapath: &mut Datapath,
     status: &mut Status,
-    seeded: &mut bool,
+    memo: &mut SyncMemo,
     events: Option<&crate::events::EventHub>,
 ) -> anyhow::Result<bool> {
     let Some(loaded) = source.snapshot()? else {
@@ -421,7 +439,7 @@ fn sync(
     // classifier judges a pod's flows to them at once (they are delivered here, never leave
     // through an interface where a deferred judgement could happen).
     let host_ips = netlink::local_addresses().context("list node addresses")?;
-    if !*seeded {
+    if !memo.seeded {
         // Keep the endpoint ids an earlier agent gave (by pod address), so conntrack entries
         // of open connections stay valid across a restart.
         for ep in datapath.current_endpoints().values() {
@@ -429,13 +447,24 @@ fn sync(
                 compiler.seed_endpoint(&pod.id, ep.endpoint);
             }
         }
-        *seeded = true;
+        memo.seeded = true;
     }
-    let desired = compiler.compile(&state, &CompileOptions { node: cfg.node.clone(), host_ips, allow_host: cfg.allow_host });
-    let interfaces = find_interfaces(&desired).context("find pod interfaces")?;
+    // Only a snapshot the sync did not change can be recognised (the same `Arc`); a changed copy
+    // is compiled every time.
+    let unchanged = matches!(state, std::borrow::Cow::Borrowed(_))
+        && memo.compiled.as_ref().is_some_and(|c| Arc::ptr_eq(&c.snapshot, &loaded) && c.host_ips == host_ips);
+    let compiled = match memo.compiled.take() {
+        Some(last) if unchanged => last,
+        _ => {
+            let desired = compiler.compile(&state, &CompileOptions { node: cfg.node.clone(), host_ips: host_ips.clone(), allow_host: cfg.allow_host });
+            Compiled { snapshot: loaded.clone(), host_ips, desired }
+        }
+    };
+    let desired = &memo.compiled.insert(compiled).desired;
+    let interfaces = find_interfaces(desired).context("find pod interfaces")?;
     let exits = netlink::list_ethernet_interfaces().context("list interfaces")?;
     let mut stats = datapath.apply_exits(&exits);
-    stats.absorb(datapath.apply(&desired, &interfaces));
+    stats.absorb(datapath.apply(desired, &interfaces));
 
     for p in &loaded.problems {
         if !status.problems.contains(p) {
@@ -482,8 +511,8 @@ fn sync(
     status.packets = pod_counters(datapath, &interfaces);
     status.events = pod_event_counts(datapath, &interfaces);
     status.policy_hits = policy_hits(datapath, &desired.rules);
-    if let Some(hub) = events {
-        hub.set_names(crate::events::Names::new(&state, &desired));
+    if let (Some(hub), false) = (events, unchanged) {
+        hub.set_names(crate::events::Names::new(&state, desired));
     }
     status.entries = BTreeMap::from([
         ("policy".to_string(), desired.policy.len()),
