@@ -239,6 +239,8 @@ fn connection_rate(client: &str, addr: IpAddr) -> f64 {
             .and_then(Result::ok)
             .is_some_and(|mut s| {
                 reset_on_close(&s);
+                // A lost banner costs this connection, not the rest of the run.
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut b = [0u8; 64];
                 s.read(&mut b).is_ok_and(|r| r > 0)
             });
