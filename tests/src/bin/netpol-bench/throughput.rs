@@ -180,19 +180,10 @@ fn clear_iptables(node: &str) -> anyhow::Result<()> {
 /// Received bits per second of one iperf3 run: TCP, or UDP as fast as it goes (`-b 0`) in
 /// 1 400-byte datagrams, where the per-packet cost shows without segmentation offload.
 fn iperf(client: &str, server: &str, addr: IpAddr, udp: bool) -> anyhow::Result<f64> {
-    let pin = iperf_cpus();
-    let mut srv = Command::new("ip");
-    srv.args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"]);
-    if let Some((_, server_cpu)) = pin {
-        srv.args(["-A", &server_cpu.to_string()]);
-    }
-    let mut srv = srv.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut srv = Command::new("ip").args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     std::thread::sleep(Duration::from_millis(200));
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", client, "iperf3", "-c", &addr.to_string(), "-p", "5201", "-t", IPERF_SECONDS, "-O", IPERF_OMIT_SECONDS, "-J"]);
-    if let Some((client_cpu, _)) = pin {
-        cmd.args(["-A", &client_cpu.to_string()]);
-    }
     if udp {
         cmd.args(["-u", "-b", "0", "-l", "1400"]);
     }
@@ -206,25 +197,6 @@ fn iperf(client: &str, server: &str, addr: IpAddr, udp: bool) -> anyhow::Result<
     let sum = &v["end"]["sum"];
     let bps = sum["bits_per_second"].as_f64().context("iperf3 result")?;
     Ok(bps * (1.0 - sum["lost_percent"].as_f64().unwrap_or(0.0) / 100.0))
-}
-
-/// The CPUs iperf3's client and server run on, the last two this process may use, when there
-/// are two or more: left to the scheduler, the two processes and the softirq work they cause land
-/// on the cores differently from run to run, which moved single runs by 10 % and more; pinned,
-/// every variant runs the same way.
-fn iperf_cpus() -> Option<(usize, usize)> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is this thread; the size is the set's.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return None;
-    }
-    // SAFETY: CPU_ISSET only reads the set, for indexes below CPU_SETSIZE.
-    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect();
-    match allowed.as_slice() {
-        [.., server, client] => Some((*client, *server)),
-        _ => None,
-    }
 }
 
 /// Median round trip in microseconds of 1-byte requests echoed on one open TCP connection.
