@@ -567,12 +567,9 @@ impl Datapath {
     }
 
     /// Unpins the [`PROG_EXIT`] links of interfaces whose [`PROG_TO_POD`] is linked: that
-    /// program judges deferred packets itself (links switched to this build's programs only:
-    /// an earlier build's may not).
+    /// program judges deferred packets itself. Only from [`Datapath::apply`], after the links
+    /// were switched to this build's programs (an earlier build's may not judge them).
     fn retire_pod_exits(&mut self, stats: &mut ApplyStats) {
-        if self.adopt_after_first_apply {
-            return;
-        }
         for ifindex in self.pinned_exits() {
             if self.link_pin(ifindex, PROG_TO_POD).exists() {
                 unpin(&self.exit_pin(ifindex), stats);
