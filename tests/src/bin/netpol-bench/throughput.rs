@@ -20,9 +20,10 @@ use netpol_sandbox::{agent::agent_bin, netns, Cluster, Shape};
 
 use crate::{synth, Figures};
 
-/// Rounds of every variant. Single runs on these machines differ by 5 % and more; the targets
-/// are 3 % and 5 % lines, so the medians need more than a handful of rounds.
-const ROUNDS: usize = 9;
+/// Rounds of every variant. Single runs on these machines differ by 5 % and more (a round's
+/// ratios spread 0.85-1.15), and the targets are 3 % and 5 % lines: with 9 rounds the paired
+/// medians still moved by 0.03 between runs of the same build.
+const ROUNDS: usize = 15;
 /// The variants, each round in this order rotated by the round's number, so that none always
 /// runs first or right after another.
 const VARIANTS: [&str; 4] = ["none", "empty", "netpol", "iptables"];
