@@ -44,7 +44,6 @@ pub const PROG_TO_POD: &str = "netpol_to_pod";
 /// judges the packets whose egress judgement a pod's veth deferred until after NAT. On pods'
 /// veths [`PROG_TO_POD`] jumps to it for those packets (a tail call through `MAP_JUMPS`).
 pub const PROG_EXIT: &str = "netpol_exit";
-
 /// The endpoint id of interfaces held closed ([`Datapath::hold`]): no policy entry has it
 /// (pods' ids start at 1).
 pub const HELD_ENDPOINT: u32 = 0;

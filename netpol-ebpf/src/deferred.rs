@@ -42,11 +42,13 @@ pub fn mark_slot(ctx: &TcContext, slot: u32) {
     ctx.set_mark(defer_mark(mark, slot));
 }
 
-/// Whether the packet's egress judgement was deferred (one mark check).
+/// Whether the packet's egress judgement was deferred (one mark check): then its mark and the
+/// endpoint slot of the pod it came from.
 #[inline(always)]
-pub fn is_marked(ctx: &TcContext) -> bool {
+pub fn deferred_mark(ctx: &TcContext) -> Option<(u32, u32)> {
     // SAFETY: the context pointer is valid for the whole program run.
-    deferred_slot(unsafe { (*ctx.skb.skb).mark }).is_some()
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    deferred_slot(mark).map(|slot| (mark, slot))
 }
 
 /// Goes on in the program at `index` of [`JUMPS`] (a tail call: it does not come back). Only
@@ -71,14 +73,11 @@ pub fn into_pod(ctx: &TcContext) -> bool {
     unsafe { ENDPOINTS.get(&ifindex) }.is_some()
 }
 
-/// For a packet leaving through this interface: if its egress judgement was deferred, clears
-/// the mark and judges it by the egress policy of the pod it came from, with the addresses it
-/// has now. Whether to drop it.
+/// For a packet leaving through this interface whose egress judgement was deferred (`mark` and
+/// the sender's `slot`, from [`deferred_mark`]): clears the mark and judges it by the egress
+/// policy of the pod it came from, with the addresses it has now. Whether to drop it.
 #[inline(always)]
-pub fn denied(ctx: &TcContext) -> bool {
-    // SAFETY: the context pointer is valid for the whole program run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    let Some(slot) = deferred_slot(mark) else { return false };
+pub fn denied(ctx: &TcContext, mark: u32, slot: u32) -> bool {
     ctx.set_mark(mark & !MARK_DEFER_MASK);
     // SAFETY: copied out at once.
     let Some(ifindex) = SLOTS.get(slot).copied() else { return true };

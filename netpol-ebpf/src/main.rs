@@ -40,7 +40,7 @@ pub fn netpol_from_pod(ctx: TcContext) -> i32 {
 /// veths need no exit program of their own on every packet.
 #[classifier]
 pub fn netpol_to_pod(ctx: TcContext) -> i32 {
-    if deferred::is_marked(&ctx) {
+    if deferred::deferred_mark(&ctx).is_some() {
         return deferred::jump(&ctx, JUMP_DEFERRED);
     }
     verdict(&ctx, DIR_INGRESS)
@@ -54,10 +54,10 @@ pub fn netpol_to_pod(ctx: TcContext) -> i32 {
 /// mark check.
 #[classifier]
 pub fn netpol_exit(ctx: TcContext) -> i32 {
-    if !deferred::is_marked(&ctx) {
+    let Some((mark, slot)) = deferred::deferred_mark(&ctx) else {
         return TC_ACT_UNSPEC;
-    }
-    if deferred::denied(&ctx) {
+    };
+    if deferred::denied(&ctx, mark, slot) {
         return TC_ACT_SHOT;
     }
     if deferred::into_pod(&ctx) {
