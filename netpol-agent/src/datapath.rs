@@ -25,7 +25,7 @@ use netpol_common::{
     counter_index, COUNTER_SLOTS, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
     EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EPOCH, MAP_IPCACHE, MAP_PEER_RULES,
     MAP_POLICY, MAP_PORT_RULES, MAP_EVENT_STATS, MAP_RULE_HITS, MAP_SLOTS, event_stat_index, EVENT_STAT_KINDS, RULE_HITS_MAX,
-    JUMP_DEFERRED, JUMP_TO_POD, MAP_JUMPS,
+    JUMP_DEFERRED, JUMP_TO_POD, MAP_JUMPS, FLOW_CACHE_SIZE, MAP_FLOW_CACHE,
 };
 
 use crate::{
@@ -194,6 +194,19 @@ pub struct Datapath {
     cur_rules: BTreeMap<u32, crate::compiler::RuleRef>,
 }
 
+/// Entries of the flow cache: a region of [`FLOW_CACHE_SIZE`] for every possible CPU. If the
+/// count cannot be read, one region: the classifier finds no place for the other CPUs' flows and
+/// judges them on the full path (slower, never wrong).
+fn flow_cache_entries() -> u32 {
+    match aya::util::nr_cpus() {
+        Ok(cpus) => FLOW_CACHE_SIZE.saturating_mul(u32::try_from(cpus).unwrap_or(u32::MAX)),
+        Err((path, error)) => {
+            tracing::warn!(%path, %error, "could not count the possible CPUs: the flow cache serves CPU 0 only");
+            FLOW_CACHE_SIZE
+        }
+    }
+}
+
 impl Datapath {
     /// Loads the programs with every map pinned under `pin_path` (reusing maps already pinned
     /// there), and reads what the maps hold.
@@ -212,6 +225,7 @@ impl Datapath {
             .map_err(|source| DatapathError::Fs { op: "create pin directory", path: links_dir.clone(), source })?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
+            .map_max_entries(MAP_FLOW_CACHE, flow_cache_entries())
             .load(EBPF_OBJECT)
             .map_err(|source| DatapathError::Load { path: pin_path.to_path_buf(), source: Box::new(source) })?;
         for name in [PROG_FROM_POD, PROG_TO_POD, PROG_EXIT, PROG_NOOP] {

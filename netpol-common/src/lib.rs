@@ -80,11 +80,16 @@ pub const MAP_SLOTS: &str = "NETPOL_SLOTS";
 /// cache off. Read by the classifier for every packet, before it reads the endpoint: a
 /// [`FlowCacheEntry`] made under another epoch is not used.
 pub const MAP_EPOCH: &str = "NETPOL_EPOCH";
-/// Name of the per-CPU array `u32 -> FlowCacheEntry` ([`FLOW_CACHE_SIZE`] entries, direct-mapped
-/// by [`flow_cache_index`]): the established TCP, UDP and SCTP flows each CPU saw last, so that
-/// their next packets pass after one array lookup instead of the endpoint and conntrack hash
-/// lookups. Written and read by the classifier only (not pinned: each loaded program set has its
-/// own, and [`MAP_EPOCH`], which is pinned, says which entries still hold).
+/// Name of the array `cpu * FLOW_CACHE_SIZE + index -> FlowCacheEntry`: per CPU a region of
+/// [`FLOW_CACHE_SIZE`] entries, direct-mapped by [`flow_cache_index`], holding the established
+/// TCP, UDP and SCTP flows that CPU saw last, so that their next packets pass after one array
+/// lookup instead of the endpoint and conntrack hash lookups. A plain array rather than a per-CPU
+/// one: an entry is one cache line at a computed address (a per-CPU array reaches each value
+/// through a table of pointers, one more cold line per packet). Memory-mappable, so that the
+/// values start on a page and every entry sits in one line. The agent sizes it at load to
+/// `FLOW_CACHE_SIZE` times the possible CPUs. Written and read by the classifier only (not
+/// pinned: each loaded program set has its own, and [`MAP_EPOCH`], which is pinned, says which
+/// entries still hold).
 pub const MAP_FLOW_CACHE: &str = "NETPOL_FLOW_CACHE";
 /// Name of the per-CPU array `0 -> u32`: what the flow cache lookup found for the packet being
 /// judged (a hit's slot, a miss's entry index, or nothing). Written by the classifier's lookup
@@ -563,7 +568,7 @@ pub struct CtValue {
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 8);
 
-/// Entries of [`MAP_FLOW_CACHE`] per CPU (a power of two).
+/// Entries of [`MAP_FLOW_CACHE`] per CPU (a power of two, below 2^20).
 pub const FLOW_CACHE_SIZE: u32 = 1024;
 
 /// [`FlowCacheEntry::flags`]: the pod's own end of the flow is the key's `a` end.
@@ -593,8 +598,10 @@ pub struct FlowCacheEntry {
     pub deferred: u8,
     /// Explicit padding.
     pub _pad: u16,
+    /// Explicit padding to a cache line.
+    pub _line: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 64);
 
 /// The [`MAP_FLOW_CACHE`] index of a flow cache key: a multiplicative hash of its words.
 #[inline(always)]

@@ -1,4 +1,5 @@
-//! The flow cache: per CPU, the established TCP, UDP and SCTP flows seen last, so that the next
+//! The flow cache: per CPU, the established TCP, UDP and SCTP flows seen last (each CPU its own
+//! region of one array, so no two CPUs ever write one entry), so that the next
 //! packets of a flow pass after one array lookup, without the endpoint and conntrack hash
 //! lookups (each costs about as much as the rest of the packet path together). An entry holds
 //! while the endpoint epoch it was made under is current: the agent bumps the epoch after every
@@ -9,6 +10,7 @@
 //! never holds); when the full path lets the flow pass, [`learn`] completes that entry. So the
 //! full path needs nothing of the lookup but one number ([`Found`]).
 
+use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use netpol_common::{flow_cache_index, FlowCacheEntry, DIR_EGRESS, FLOW_CACHE_SIZE, FLOW_IPV6, FLOW_OWN_IS_A};
 
 use crate::{
@@ -109,14 +111,17 @@ fn find_entry(site: &Site, p: &Packet) -> Found {
     let (key, src_is_a) = conntrack::flow_key(site.ifindex, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
     let own_is_a = if site.direction == DIR_EGRESS { src_is_a } else { !src_is_a };
     let flags = if own_is_a { FLOW_OWN_IS_A } else { 0 } | if p.ipv6 { FLOW_IPV6 } else { 0 };
-    let index = flow_cache_index(&key);
+    // SAFETY: a helper without arguments; the program cannot move to another CPU while it runs.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let index = cpu.wrapping_mul(FLOW_CACHE_SIZE).wrapping_add(flow_cache_index(&key));
+    // Past the array (a CPU the agent did not count): no place, the full path as ever.
     let Some(entry) = FLOW_CACHE.get_ptr_mut(index) else { return Found(UNCACHED) };
-    // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
+    // SAFETY: this CPU's region, only this CPU writes it while the program runs.
     let entry = unsafe { &mut *entry };
     if entry.epoch == site.epoch && entry.flags == flags && entry.key == key {
         return Found(entry.slot | if entry.deferred != 0 { DEFERRED } else { 0 });
     }
-    *entry = FlowCacheEntry { key, epoch: 0, slot: 0, flags, deferred: 0, _pad: 0 };
+    *entry = FlowCacheEntry { key, epoch: 0, slot: 0, flags, deferred: 0, _pad: 0, _line: 0 };
     Found(MISSED | index)
 }
 
@@ -127,9 +132,10 @@ pub fn learn(found: Found, site: &Site, slot: u32, deferred: bool) {
     if found.0 == UNCACHED || found.0 & MISSED == 0 {
         return;
     }
-    let index = found.0 & (FLOW_CACHE_SIZE - 1);
+    let index = found.0 & !MISSED;
     let Some(entry) = FLOW_CACHE.get_ptr_mut(index) else { return };
-    // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
+    // SAFETY: this CPU's region (the program has not left the CPU since `find`), only this CPU
+    // writes it while the program runs.
     let entry = unsafe { &mut *entry };
     // The entry still holds this packet's key: programs do not nest on one CPU, and the key was
     // written on this interface.

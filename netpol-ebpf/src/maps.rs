@@ -80,9 +80,13 @@ pub static SLOTS: Array<u32> = Array::pinned(COUNTER_SLOTS, 0);
 #[map(name = "NETPOL_EPOCH")]
 pub static EPOCH: Array<u32> = Array::pinned(1, 0);
 
-/// Established flows per CPU (`netpol_common::MAP_FLOW_CACHE`); not pinned.
+/// `BPF_F_MMAPABLE`: the array's values start on a page.
+const MMAPABLE: u32 = 1 << 10;
+
+/// Established flows, a region per CPU (`netpol_common::MAP_FLOW_CACHE`); sized by the agent at
+/// load (one CPU's region here); not pinned.
 #[map(name = "NETPOL_FLOW_CACHE")]
-pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entries(FLOW_CACHE_SIZE, 0);
+pub static FLOW_CACHE: Array<FlowCacheEntry> = Array::with_max_entries(FLOW_CACHE_SIZE, MMAPABLE);
 
 /// What the flow cache lookup found for the packet being judged, per CPU
 /// (`netpol_common::MAP_FLOW_FOUND`); not pinned.
