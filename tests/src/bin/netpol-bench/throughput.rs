@@ -232,6 +232,12 @@ fn reset_on_close(s: &TcpStream) {
 
 /// Connections per second: connect, read the banner, close, for [`CONNECTION_RATE_TIME`].
 fn connection_rate(client: &str, addr: IpAddr) -> f64 {
+    let (n, elapsed) = connections(client, addr);
+    f64::from(n) / elapsed.as_secs_f64()
+}
+
+/// The connection-rate loop: the connections made in [`CONNECTION_RATE_TIME`], and the time taken.
+fn connections(client: &str, addr: IpAddr) -> (u32, Duration) {
     let start = Instant::now();
     let mut n = 0u32;
     while start.elapsed() < CONNECTION_RATE_TIME {
@@ -249,7 +255,89 @@ fn connection_rate(client: &str, addr: IpAddr) -> f64 {
             n += 1;
         }
     }
-    f64::from(n) / start.elapsed().as_secs_f64()
+    (n, start.elapsed())
+}
+
+/// The run count and run time (ns) summed over the loaded programs whose names start with
+/// `netpol_` (the kernel keeps them while BPF statistics are enabled).
+fn netpol_program_stats() -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("netpol_")))
+        .fold((0, 0), |(runs, ns), p| (runs + p.run_count(), ns + p.run_time().as_nanos() as u64))
+}
+
+/// One connection-rate loop with the kernel's BPF run-time statistics on: the `netpol_*`
+/// programs' runs and nanoseconds per connection, and a connection's nanoseconds.
+fn program_time_per_connection(client: &str, addr: IpAddr) -> anyhow::Result<(f64, f64, f64)> {
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF run-time statistics")?;
+    let (runs_before, ns_before) = netpol_program_stats();
+    let (n, elapsed) = connections(client, addr);
+    let (runs_after, ns_after) = netpol_program_stats();
+    drop(stats);
+    anyhow::ensure!(n > 0, "no connection opened with BPF statistics on");
+    let n = f64::from(n);
+    Ok(((runs_after - runs_before) as f64 / n, (ns_after - ns_before) as f64 / n, elapsed.as_secs_f64() * 1e9 / n))
+}
+
+/// What netpol's programs cost one connection of the connection-rate loop, measured after the
+/// rounds with the kernel's BPF run-time statistics on (they add two clock reads to every program
+/// run, so they stay off while the variants are compared): the program time per connection with
+/// netpol and with the empty program (the statistics' own cost and the hook's), and the
+/// difference as a share of a connection's time. `PROBES` runs of each, interleaved; medians.
+fn program_cost_per_connection(c: &mut Cluster, node: &str, fe: &str, server: IpAddr, figures: &mut Figures) -> anyhow::Result<()> {
+    const PROBES: usize = 3;
+    let (mut netpol, mut empty, mut runs, mut connection) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let empty_pin = std::path::PathBuf::from("/sys/fs/bpf").join(netpol_sandbox::netns::unique("netpol-bench-probe-"));
+    for _ in 0..PROBES {
+        c.start_agent(0, &[])?;
+        c.sync()?;
+        std::thread::sleep(SETTLE);
+        let measured = program_time_per_connection(fe, server);
+        let pin = c.agent(0).pin_path.clone();
+        c.drop_agent(0);
+        run_cmd(Command::new(agent_bin()).args(["uninstall", "--pin-path"]).arg(&pin))?;
+        let (r, ns, conn) = measured?;
+        netpol.push(ns);
+        runs.push(r);
+        connection.push(conn);
+
+        let dp = attach_empty(c, node, &empty_pin)?;
+        std::thread::sleep(SETTLE);
+        let measured = program_time_per_connection(fe, server);
+        drop(dp);
+        let _ = netpol_agent::datapath::uninstall(&empty_pin);
+        empty.push(measured?.1);
+    }
+    let (netpol, empty, runs, connection) = (median(&netpol), median(&empty), median(&runs), median(&connection));
+    let overhead = netpol - empty;
+    println!(
+        "  program time per connection (BPF statistics on, median of {PROBES}): netpol {netpol:.0} ns in {runs:.1} runs, the empty program {empty:.0} ns; netpol's own {overhead:.0} ns = {:.1} % of a connection ({:.1} us)",
+        overhead / connection * 100.0,
+        connection / 1e3
+    );
+    figures.add("connection_program_ns_netpol", netpol, "ns");
+    figures.add("connection_program_ns_empty_program", empty, "ns");
+    figures.add("connection_program_overhead_ns", overhead, "ns");
+    figures.add("connection_program_overhead_share", overhead / connection, "ratio");
+    Ok(())
+}
+
+/// The empty classifier attached where netpol attaches, on both hooks of both pods' host veths,
+/// from a data path loaded under `pin`: the links go when the returned data path is dropped.
+fn attach_empty(c: &Cluster, node: &str, pin: &std::path::Path) -> anyhow::Result<netpol_agent::datapath::Datapath> {
+    let ifaces = [c.pod("production", "frontend").host_if.clone(), c.pod("production", "backend").host_if.clone()];
+    let pin = pin.to_path_buf();
+    netns::within(node, move || -> anyhow::Result<netpol_agent::datapath::Datapath> {
+        let mut dp = netpol_agent::datapath::Datapath::load(&pin)?;
+        let prog = dp.program(netpol_agent::datapath::PROG_NOOP)?;
+        for iface in &ifaces {
+            for hook in [aya::programs::TcAttachType::Ingress, aya::programs::TcAttachType::Egress] {
+                prog.attach(iface, hook).with_context(|| format!("attach the empty program to {iface}"))?;
+            }
+        }
+        Ok(dp)
+    })?
 }
 
 /// The median (the upper one of an even count).
@@ -288,20 +376,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         for k in 0..VARIANTS.len() {
             let variant = VARIANTS[(round + k) % VARIANTS.len()];
             match variant {
-                "empty" => {
-                    let ifaces = [c.pod("production", "frontend").host_if.clone(), be.host_if.clone()];
-                    let pin = empty_pin.clone();
-                    empty_dp = Some(netns::within(&node, move || -> anyhow::Result<netpol_agent::datapath::Datapath> {
-                        let mut dp = netpol_agent::datapath::Datapath::load(&pin)?;
-                        let prog = dp.program(netpol_agent::datapath::PROG_NOOP)?;
-                        for iface in &ifaces {
-                            for hook in [aya::programs::TcAttachType::Ingress, aya::programs::TcAttachType::Egress] {
-                                prog.attach(iface, hook).with_context(|| format!("attach the empty program to {iface}"))?;
-                            }
-                        }
-                        Ok(dp)
-                    })??);
-                }
+                "empty" => empty_dp = Some(attach_empty(&c, &node, &empty_pin)?),
                 "netpol" => {
                     c.start_agent(0, &[])?;
                     c.sync()?;
@@ -348,6 +423,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         (lo, hi)
     };
     drop(empty_dp);
+    program_cost_per_connection(&mut c, &node, &fe, server, figures)?;
     for variant in VARIANTS {
         let (lo, hi) = spread(&tput[variant]);
         let (ulo, uhi) = spread(&udp[variant]);
