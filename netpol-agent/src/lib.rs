@@ -20,6 +20,7 @@ pub mod health;
 pub mod kube_source;
 pub mod lint;
 pub mod manifests;
+pub mod map_count;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

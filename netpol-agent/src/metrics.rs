@@ -271,7 +271,7 @@ impl Drop for ConntrackCounter {
 }
 
 /// Counts the entries of the pinned conntrack map every few seconds on a thread of its own
-/// (a walk over up to `CONNTRACK_MAX` keys, kept off the sync path) into
+/// (batched reads of up to `CONNTRACK_MAX` entries, kept off the sync path) into
 /// `netpol_map_entries{map="conntrack"}`.
 pub fn count_conntrack_in_background(pin_path: &std::path::Path, metrics: std::sync::Arc<Metrics>) -> ConntrackCounter {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -296,13 +296,14 @@ pub fn count_conntrack_in_background(pin_path: &std::path::Path, metrics: std::s
     ConntrackCounter { stop }
 }
 
-/// The number of entries in the pinned conntrack map at `path`.
+/// The number of entries in the pinned conntrack map at `path`, read in batches
+/// ([`crate::map_count`]).
 pub fn count_conntrack(path: &std::path::Path) -> anyhow::Result<usize> {
     use anyhow::Context as _;
+    use std::os::fd::AsFd as _;
     let data = aya::maps::MapData::from_pin(path).with_context(|| format!("open {}", path.display()))?;
-    let map: aya::maps::HashMap<_, netpol_common::CtKey, netpol_common::CtValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).context("NETPOL_CONNTRACK is not an LRU hash")?;
-    Ok(map.keys().filter(Result::is_ok).count())
+    let fd = data.fd().as_fd();
+    Ok(crate::map_count::count_entries(fd, std::mem::size_of::<netpol_common::CtKey>(), std::mem::size_of::<netpol_common::CtValue>())?)
 }
 
 impl PartialOrd for PacketLabels {

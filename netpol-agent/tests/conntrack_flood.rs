@@ -141,6 +141,7 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
     // A reply to the evicted first flow is dropped: ingress is isolated and nothing tracks it.
     let old_reply = frame([198, 18, 4, 1], a, 17, 53, 1024, false);
     let old_reply_verdict = run_on(&mut dp, &old_reply, true);
+    let (batched, walked) = conntrack_counts(&pin.0);
 
     eprintln!("{total} new flows (CONNTRACK_MAX {}) in {elapsed:?}, {checks} checks during the flood", netpol_common::CONNTRACK_MAX);
     eprintln!("counters after the flood: {:?}", during.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>());
@@ -149,4 +150,22 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
     assert_eq!(during["drop_no_rule"], 2 * checks as u64, "exactly the denied probes were dropped");
     assert!(evicted, "the map holds CONNTRACK_MAX flows: the oldest were evicted");
     assert!(newest_tracked, "the newest flows are tracked");
+    assert_eq!(batched, walked, "the fill metric's batched count is the count of a walk key by key");
+    assert!(batched as u64 * 100 >= u64::from(netpol_common::CONNTRACK_MAX) * 90, "the map is nearly full: {batched}");
+}
+
+/// The conntrack map's entries counted as the agent's fill metric counts them (in batches) and
+/// by a walk key by key, each timed.
+fn conntrack_counts(pin: &std::path::Path) -> (usize, usize) {
+    let path = pin.join(netpol_common::MAP_CONNTRACK);
+    let t = std::time::Instant::now();
+    let batched = netpol_agent::metrics::count_conntrack(&path).expect("count conntrack in batches");
+    let batched_time = t.elapsed();
+    let t = std::time::Instant::now();
+    let data = aya::maps::MapData::from_pin(&path).expect("the pinned conntrack map");
+    let map: aya::maps::HashMap<_, netpol_common::CtKey, netpol_common::CtValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("an LRU hash of conntrack entries");
+    let walked = map.keys().filter(Result::is_ok).count();
+    eprintln!("conntrack entries: {batched} counted in batches in {batched_time:?}, {walked} key by key in {:?}", t.elapsed());
+    (batched, walked)
 }
