@@ -258,42 +258,33 @@ where
 /// How often the conntrack fill level is counted.
 const CONNTRACK_COUNT_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Stops the conntrack counting thread when dropped.
+/// Stops the conntrack counting thread when dropped: the thread waits on the other end of this
+/// channel between counts, and its sender gone ends the wait at once.
 #[derive(Debug)]
 pub struct ConntrackCounter {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for ConntrackCounter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    _stop: std::sync::mpsc::Sender<()>,
 }
 
 /// Counts the entries of the pinned conntrack map every few seconds on a thread of its own
 /// (batched reads of up to `CONNTRACK_MAX` entries, kept off the sync path) into
-/// `netpol_map_entries{map="conntrack"}`.
+/// `netpol_map_entries{map="conntrack"}`. The thread sleeps between counts (no wake-ups in between: on a small node every wake-up of the
+/// agent's can move a workload's thread to the other CPU).
 pub fn count_conntrack_in_background(pin_path: &std::path::Path, metrics: std::sync::Arc<Metrics>) -> ConntrackCounter {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let path = pin_path.join(MAP_CONNTRACK);
-    let flag = stop.clone();
-    let spawned = std::thread::Builder::new().name("conntrack-count".into()).spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match count_conntrack(&path) {
-                Ok(n) => metrics.conntrack_entries(n),
-                Err(e) => tracing::debug!(error = %e, "could not count conntrack entries"),
-            }
-            let mut slept = std::time::Duration::ZERO;
-            while slept < CONNTRACK_COUNT_PERIOD && !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                slept += std::time::Duration::from_millis(200);
-            }
+    let spawned = std::thread::Builder::new().name("conntrack-count".into()).spawn(move || loop {
+        match count_conntrack(&path) {
+            Ok(n) => metrics.conntrack_entries(n),
+            Err(e) => tracing::debug!(error = %e, "could not count conntrack entries"),
+        }
+        if stopped.recv_timeout(CONNTRACK_COUNT_PERIOD) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            return;
         }
     });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start the conntrack counting thread");
     }
-    ConntrackCounter { stop }
+    ConntrackCounter { _stop: stop }
 }
 
 /// The number of entries in the pinned conntrack map at `path`, read in batches
