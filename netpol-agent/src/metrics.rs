@@ -267,8 +267,9 @@ pub struct ConntrackCounter {
 
 /// Counts the entries of the pinned conntrack map every few seconds on a thread of its own
 /// (batched reads of up to `CONNTRACK_MAX` entries, kept off the sync path) into
-/// `netpol_map_entries{map="conntrack"}`. The thread sleeps between counts (no wake-ups in between: on a small node every wake-up of the
-/// agent's can move a workload's thread to the other CPU).
+/// `netpol_map_entries{map="conntrack"}`. The thread sleeps between counts, with no wake-ups in
+/// between: on a small node every wake-up of the agent's can move a workload's thread to the
+/// other CPU.
 pub fn count_conntrack_in_background(pin_path: &std::path::Path, metrics: std::sync::Arc<Metrics>) -> ConntrackCounter {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let path = pin_path.join(MAP_CONNTRACK);

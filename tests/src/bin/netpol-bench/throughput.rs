@@ -290,13 +290,10 @@ fn program_cost_per_connection(c: &mut Cluster, node: &str, fe: &str, server: Ip
     let (mut netpol, mut empty, mut runs, mut connection) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let empty_pin = std::path::PathBuf::from("/sys/fs/bpf").join(netpol_sandbox::netns::unique("netpol-bench-probe-"));
     for _ in 0..PROBES {
-        c.start_agent(0, &[])?;
-        c.sync()?;
+        start_netpol(c)?;
         std::thread::sleep(SETTLE);
         let measured = program_time_per_connection(fe, server);
-        let pin = c.agent(0).pin_path.clone();
-        c.drop_agent(0);
-        run_cmd(Command::new(agent_bin()).args(["uninstall", "--pin-path"]).arg(&pin))?;
+        stop_netpol(c)?;
         let (r, ns, conn) = measured?;
         netpol.push(ns);
         runs.push(r);
@@ -305,8 +302,7 @@ fn program_cost_per_connection(c: &mut Cluster, node: &str, fe: &str, server: Ip
         let dp = attach_empty(c, node, &empty_pin)?;
         std::thread::sleep(SETTLE);
         let measured = program_time_per_connection(fe, server);
-        drop(dp);
-        let _ = netpol_agent::datapath::uninstall(&empty_pin);
+        detach_empty(dp, &empty_pin);
         empty.push(measured?.1);
     }
     let (netpol, empty, runs, connection) = (median(&netpol), median(&empty), median(&runs), median(&connection));
@@ -321,6 +317,26 @@ fn program_cost_per_connection(c: &mut Cluster, node: &str, fe: &str, server: Ip
     figures.add("connection_program_overhead_ns", overhead, "ns");
     figures.add("connection_program_overhead_share", overhead / connection, "ratio");
     Ok(())
+}
+
+/// The netpol variant: the real agent started on the sandbox node and its first sync done.
+fn start_netpol(c: &mut Cluster) -> anyhow::Result<()> {
+    c.start_agent(0, &[])?;
+    c.sync()
+}
+
+/// Stops the agent and removes everything it left (its pinned links and maps).
+fn stop_netpol(c: &mut Cluster) -> anyhow::Result<()> {
+    let pin = c.agent(0).pin_path.clone();
+    c.drop_agent(0);
+    run_cmd(Command::new(agent_bin()).args(["uninstall", "--pin-path"]).arg(&pin)).map(drop)
+}
+
+/// Detaches the empty classifier (dropping the data path detaches its unpinned links) and
+/// removes its maps.
+fn detach_empty(dp: netpol_agent::datapath::Datapath, pin: &std::path::Path) {
+    drop(dp);
+    let _ = netpol_agent::datapath::uninstall(pin);
 }
 
 /// The empty classifier attached where netpol attaches, on both hooks of both pods' host veths,
@@ -377,10 +393,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
             let variant = VARIANTS[(round + k) % VARIANTS.len()];
             match variant {
                 "empty" => empty_dp = Some(attach_empty(&c, &node, &empty_pin)?),
-                "netpol" => {
-                    c.start_agent(0, &[])?;
-                    c.sync()?;
-                }
+                "netpol" => start_netpol(&mut c)?,
                 "iptables" => apply_iptables(&node, &state)?,
                 _ => {}
             }
@@ -404,15 +417,11 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
             rr.entry(variant).or_default().push(l);
             match variant {
                 "empty" => {
-                    // Dropping the data path detaches its (unpinned) links.
-                    empty_dp = None;
-                    let _ = netpol_agent::datapath::uninstall(&empty_pin);
+                    if let Some(dp) = empty_dp.take() {
+                        detach_empty(dp, &empty_pin);
+                    }
                 }
-                "netpol" => {
-                    let pin = c.agent(0).pin_path.clone();
-                    c.drop_agent(0);
-                    run_cmd(Command::new(agent_bin()).args(["uninstall", "--pin-path"]).arg(&pin))?;
-                }
+                "netpol" => stop_netpol(&mut c)?,
                 "iptables" => clear_iptables(&node)?,
                 _ => {}
             }
@@ -422,7 +431,6 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
         (lo, hi)
     };
-    drop(empty_dp);
     program_cost_per_connection(&mut c, &node, &fe, server, figures)?;
     for variant in VARIANTS {
         let (lo, hi) = spread(&tput[variant]);
