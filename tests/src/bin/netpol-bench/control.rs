@@ -17,6 +17,17 @@ const NAMESPACES: u32 = 100;
 const NODES: u32 = 100;
 const POLICIES: u32 = 1_000;
 
+/// The synthetic cluster `yaml` with pod `name`'s labels changed to another label set that other
+/// pods have (`{app: web, tier: t0}`, or `{app: api, tier: t1}` if it had that one).
+fn relabel(yaml: &str, name: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let at = yaml.find(&format!("metadata: {{name: {name}, namespace: ")).with_context(|| format!("pod {name} in the synthetic cluster"))?;
+    let open = at + yaml[at..].find("labels: ").context("the pod's labels")? + "labels: ".len();
+    let close = open + yaml[open..].find('}').context("the end of the pod's labels")? + 1;
+    let labels = if &yaml[open..close] == "{app: web, tier: t0}" { "{app: api, tier: t1}" } else { "{app: web, tier: t0}" };
+    Ok(format!("{}{labels}{}", &yaml[..open], &yaml[close..]))
+}
+
 fn opts() -> CompileOptions {
     CompileOptions { node: "n0".into(), host_ips: vec![], allow_host: true }
 }
@@ -51,8 +62,8 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         let first = compiler.compile(&state, &opts());
         let stats = dp.apply_maps(&first, &BTreeMap::new());
         anyhow::ensure!(stats.errors.is_empty(), "{:?}", &stats.errors[..stats.errors.len().min(3)]);
-        let mut change = |name: &str, extra: &str| -> anyhow::Result<(usize, f64)> {
-            let s = synth::state(&format!("{yaml}{extra}"));
+        let mut change = |name: &str, changed: &str| -> anyhow::Result<(usize, f64)> {
+            let s = synth::state(changed);
             let t = Instant::now();
             let d = compiler.compile(&s, &opts());
             let st = dp.apply_maps(&d, &BTreeMap::new());
@@ -63,11 +74,19 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
             Ok((st.writes + st.deletes, secs))
         };
         // A pod on another node whose label set (and named ports) already exists.
-        let (w, t) = change("remote pod", "---\napiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: ns1, labels: {app: web, tier: t0}}\nspec: {nodeName: n7, containers: [{name: c, ports: [{name: http, containerPort: 8000}]}]}\nstatus: {podIP: 198.19.250.1}\n")?;
+        let (w, t) = change("remote pod", &(yaml.clone() + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: ns1, labels: {app: web, tier: t0}}\nspec: {nodeName: n7, containers: [{name: c, ports: [{name: http, containerPort: 8000}]}]}\nstatus: {podIP: 198.19.250.1}\n"))?;
         println!("  control: a pod added on another node: {w} map writes, {:.1} ms (compile + apply)", t * 1e3);
         figures.add("remote_pod_add_map_writes", w as f64, "writes");
         figures.add("remote_pod_add_ms", t * 1e3, "ms");
-        let (w, t) = change("policy", "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: extra, namespace: ns0}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 443}]}]\n")?;
+        // One pod's labels changed to another label set that exists: on another node (p7 is on n7)
+        // only its address's identity changes; on this node (p0) its own rules change too.
+        for (pod, figure, where_) in [("p7", "remote_pod_label_change", "on another node"), ("p0", "local_pod_label_change", "on this node")] {
+            let (w, t) = change("relabelled pod", &relabel(&yaml, pod)?)?;
+            println!("  control: a pod's labels changed {where_}: {w} map writes, {:.1} ms", t * 1e3);
+            figures.add(&format!("{figure}_map_writes"), w as f64, "writes");
+            figures.add(&format!("{figure}_ms"), t * 1e3, "ms");
+        }
+        let (w, t) = change("policy", &(yaml.clone() + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: extra, namespace: ns0}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 443}]}]\n"))?;
         println!("  control: a policy added: {w} map writes, {:.1} ms", t * 1e3);
         figures.add("policy_add_map_writes", w as f64, "writes");
         figures.add("policy_add_ms", t * 1e3, "ms");
