@@ -39,14 +39,14 @@ pub struct CountError {
 pub fn count_entries(fd: BorrowedFd<'_>, key_size: usize, value_size: usize) -> Result<usize, CountError> {
     let mut keys = vec![0u8; BATCH as usize * key_size];
     let mut values = vec![0u8; BATCH as usize * value_size];
-    // A hash map's position is a bucket number (`u32`); room for more costs nothing.
+    // A hash map's position is a bucket number (`u32`; room for more costs nothing): 0 is the
+    // first bucket, where a walk starts.
     let mut position = 0u64;
     let mut next = 0u64;
     let mut total = 0usize;
-    let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { std::ptr::addr_of!(position) as u64 },
+            in_batch: std::ptr::addr_of!(position) as u64,
             out_batch: std::ptr::addr_of_mut!(next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -69,6 +69,5 @@ pub fn count_entries(fd: BorrowedFd<'_>, key_size: usize, value_size: usize) -> 
         }
         total += attr.count as usize;
         position = next;
-        first = false;
     }
 }

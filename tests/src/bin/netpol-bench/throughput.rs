@@ -284,11 +284,11 @@ fn program_time_per_connection(client: &str, addr: IpAddr) -> anyhow::Result<(f6
 /// rounds with the kernel's BPF run-time statistics on (they add two clock reads to every program
 /// run, so they stay off while the variants are compared): the program time per connection with
 /// netpol and with the empty program (the statistics' own cost and the hook's), and the
-/// difference as a share of a connection's time. `PROBES` runs of each, interleaved; medians.
-fn program_cost_per_connection(c: &mut Cluster, node: &str, fe: &str, server: IpAddr, figures: &mut Figures) -> anyhow::Result<()> {
+/// difference as a share of a connection's time (the empty program loaded under `empty_pin`, as
+/// in the rounds). `PROBES` runs of each, interleaved; medians.
+fn program_cost_per_connection(c: &mut Cluster, node: &str, empty_pin: &std::path::Path, fe: &str, server: IpAddr, figures: &mut Figures) -> anyhow::Result<()> {
     const PROBES: usize = 3;
     let (mut netpol, mut empty, mut runs, mut connection) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let empty_pin = std::path::PathBuf::from("/sys/fs/bpf").join(netpol_sandbox::netns::unique("netpol-bench-probe-"));
     for _ in 0..PROBES {
         start_netpol(c)?;
         std::thread::sleep(SETTLE);
@@ -299,10 +299,10 @@ fn program_cost_per_connection(c: &mut Cluster, node: &str, fe: &str, server: Ip
         runs.push(r);
         connection.push(conn);
 
-        let dp = attach_empty(c, node, &empty_pin)?;
+        let dp = attach_empty(c, node, empty_pin)?;
         std::thread::sleep(SETTLE);
         let measured = program_time_per_connection(fe, server);
-        detach_empty(dp, &empty_pin);
+        detach_empty(dp, empty_pin);
         empty.push(measured?.1);
     }
     let (netpol, empty, runs, connection) = (median(&netpol), median(&empty), median(&runs), median(&connection));
@@ -431,7 +431,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
         (lo, hi)
     };
-    program_cost_per_connection(&mut c, &node, &fe, server, figures)?;
+    program_cost_per_connection(&mut c, &node, &empty_pin, &fe, server, figures)?;
     for variant in VARIANTS {
         let (lo, hi) = spread(&tput[variant]);
         let (ulo, uhi) = spread(&udp[variant]);
