@@ -44,16 +44,21 @@ pub struct RunConfig {
     pub source: SourceConfig,
     /// This node's name.
     pub node: String,
-    /// Where maps and links are pinned.
+    /// Where maps and links are pinned (resolved to the node's bpffs at start, see
+    /// [`crate::datapath::bpffs::resolve`]).
     pub pin_path: PathBuf,
+    /// Whether the pins must outlive the agent (on the node's bpffs) or may die with it.
+    pub pin_scope: crate::datapath::bpffs::PinScope,
     /// Where to write the status after each sync.
     pub status_file: Option<PathBuf>,
     /// Whether the node may reach its pods (kubelet probes) whatever the policies.
     pub allow_host: bool,
     /// Resync at least this often.
     pub resync: Duration,
-    /// Where to serve `/healthz` and `/readyz` (none: no health endpoints).
+    /// Where to serve `/healthz`, `/readyz`, `/metrics` and `/events` (none: no endpoints).
     pub health_addr: Option<SocketAddr>,
+    /// The bearer token that opens `/metrics` and `/events` to clients other than loopback.
+    pub http_token_file: Option<PathBuf>,
     /// Namespaces in audit mode (policy drops pass, counted as "would drop").
     pub audit_namespaces: std::collections::BTreeSet<String>,
     /// How the data path reports verdict events.
@@ -189,7 +194,19 @@ const CNI_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the agent until SIGINT or SIGTERM. Enforcement stays in place when it stops.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    // Held for the agent's life: the pin path may go through it.
+    let pins = pin_location(&cfg)?;
+    let pin_path_given = cfg.pin_path.clone();
+    let cfg = RunConfig { pin_path: pins.path.clone(), ..cfg };
+    crate::datapath::loader::check_tcx().context("netpol enforces nothing on this node")?;
+    let loading = Instant::now();
     let mut datapath = Datapath::load(&cfg.pin_path).with_context(|| format!("load data path under {}", cfg.pin_path.display()))?;
+    info!(
+        origin = ?datapath.origin(),
+        build = %crate::datapath::loader::build_id(),
+        elapsed_ms = loading.elapsed().as_millis() as u64,
+        "data path ready"
+    );
     for e in datapath.adopt_links() {
         warn!(error = %e, "could not adopt a pinned link");
     }
@@ -212,7 +229,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen for health probes on {addr}"))?;
             info!(%addr, "serving /healthz, /readyz and /metrics");
-            Some(tokio::spawn(health::serve(listener, ready.clone(), metrics.clone(), event_hub.clone())))
+            let endpoints = health::Endpoints {
+                ready: ready.clone(),
+                metrics: metrics.clone(),
+                events: event_hub.clone(),
+                token_file: cfg.http_token_file.clone(),
+            };
+            Some(tokio::spawn(health::serve(listener, endpoints)))
         }
         None => None,
     };
@@ -280,7 +303,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut next_sync = tokio::time::Instant::now();
     let mut unattached_delay = UNATTACHED_RESYNC;
-    info!(node = %cfg.node, source = %source.describe(), pin_path = %cfg.pin_path.display(), "netpol agent started");
+    info!(node = %cfg.node, source = %source.describe(), pin_path = %pin_path_given.display(), "netpol agent started");
     loop {
         // When the change that leads to this sync was noticed (for the programming-time metric).
         let noticed;
@@ -346,7 +369,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             unattached_delay = UNATTACHED_RESYNC;
         }
     }
-    info!("netpol agent stopping; enforcement stays in place (pinned under {})", cfg.pin_path.display());
+    info!("netpol agent stopping; enforcement stays in place (pinned under {})", pin_path_given.display());
     drop(watcher);
     drop(source);
     if let Some(h) = health {
@@ -360,7 +383,29 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         t.abort();
     }
     drop(cni_conf_watcher);
+    drop(pins);
     Ok(())
+}
+
+/// The pin path on the node's bpffs ([`crate::datapath::bpffs::resolve`]), logged when it is not
+/// the one given.
+fn pin_location(cfg: &RunConfig) -> anyhow::Result<crate::datapath::bpffs::PinLocation> {
+    use crate::datapath::bpffs::{self, Reach};
+    let location = bpffs::resolve(&cfg.pin_path, cfg.pin_scope).with_context(|| format!("pin under {}", cfg.pin_path.display()))?;
+    match location.reach {
+        Reach::Direct => {}
+        Reach::NodeView { pid } => info!(
+            pin_path = %cfg.pin_path.display(),
+            through = %location.path.display(),
+            view_of_pid = pid,
+            "this mount namespace has no bpffs of the node at the pin path; pinning on the node's, through another process's view"
+        ),
+        Reach::Ephemeral => warn!(
+            pin_path = %location.path.display(),
+            "pinning on a bpffs of this mount namespace only (--ephemeral-pins): enforcement stops when the agent does"
+        ),
+    }
+    Ok(location)
 }
 
 /// Installs the CNI plugin binary, and chains it into the network configuration now and

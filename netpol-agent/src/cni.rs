@@ -5,9 +5,13 @@
 //! arguments and the previous plugin's result) over the agent's Unix socket, and returns only
 //! once the agent enforces the pod's policies on its veth. So the pod's first packet already
 //! obeys them. If the agent cannot say so in time, ADD fails (CNI error 11, "try again later")
-//! and the runtime retries the sandbox: no pod runs unenforced. Only when the agent's socket does
-//! not exist at all (no agent has started on this node since boot, or netpol was removed) does
-//! the pod pass, so that a node without netpol can still start pods.
+//! and the runtime retries the sandbox: no pod runs unenforced while an agent is expected. The
+//! pod passes only when no agent is: the socket does not exist (no agent has started on this node
+//! since boot, or netpol was uninstalled), or nobody has listened on it for longer than an agent
+//! restart takes ([`DEFAULT_AGENT_GONE_AFTER`]; a running agent refreshes the socket's
+//! modification time every [`HEARTBEAT`]): the DaemonSet was deleted without the uninstall, and
+//! failing would stop every pod on the node from starting. STATUS answers the same way: it
+//! fails only while ADD would.
 //!
 //! The plugin's own logic ([`plugin`]) is pure: environment and standard input in, standard
 //! output and exit code out, with the agent reached through a function argument.
@@ -30,6 +34,13 @@ pub const DEFAULT_SOCKET: &str = "/run/netpol/cni.sock";
 pub const PLUGIN_NAME: &str = "netpol-cni";
 /// How long ADD waits for the agent when the configuration does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a socket nobody listens on may go without the agent's heartbeat before the agent is
+/// taken to be gone for good (the configuration's `agentGoneSeconds` overrides it): longer than
+/// kubelet's longest back-off between restarts of a crashing container (5 min), so a crashing
+/// agent keeps new pods waiting rather than starting them unenforced.
+pub const DEFAULT_AGENT_GONE_AFTER: Duration = Duration::from_secs(360);
+/// How often a running agent refreshes its socket's modification time.
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
 /// CNI versions the plugin speaks.
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
@@ -79,6 +90,30 @@ pub struct CniReply {
     pub interface: Option<String>,
 }
 
+/// Whether an agent is to be expected on the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// No socket: no agent since boot, or netpol was uninstalled.
+    Absent,
+    /// The socket was refreshed lately: an agent runs, or is restarting.
+    Expected,
+    /// The socket has not been refreshed for this long: the agent is gone (its DaemonSet deleted
+    /// without the uninstall), unless it still answers.
+    Stale(Duration),
+}
+
+/// Whether an agent is to be expected on `socket`: [`Presence::Stale`] once its modification
+/// time is older than `gone_after`.
+pub fn presence(socket: &Path, gone_after: Duration) -> Presence {
+    let Ok(meta) = std::fs::metadata(socket) else { return Presence::Absent };
+    let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+    if age > gone_after {
+        Presence::Stale(age)
+    } else {
+        Presence::Expected
+    }
+}
+
 /// The plugin's result: what to print and the exit code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginOutput {
@@ -106,6 +141,7 @@ pub fn plugin(
     let version = conf.get("cniVersion").and_then(Value::as_str).unwrap_or("1.0.0").to_string();
     let socket = conf.get("socket").and_then(Value::as_str).map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
     let timeout = conf.get("timeoutSeconds").and_then(Value::as_f64).map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64);
+    let gone_after = conf.get("agentGoneSeconds").and_then(Value::as_f64).map_or(DEFAULT_AGENT_GONE_AFTER, Duration::from_secs_f64);
     let pod = pod_of(env.get("CNI_ARGS").map_or("", String::as_str));
     let container_id = env.get("CNI_CONTAINERID").cloned().unwrap_or_default();
     match command {
@@ -125,17 +161,23 @@ pub fn plugin(
             if request.ips.is_empty() {
                 return error(&version, ERR_INVALID_CONFIG, "netpol-cni: the previous plugin's result has no IP address", "prevResult.ips is empty");
             }
-            if !socket.exists() {
-                // No agent was ever started on this node since boot (or netpol was removed and
-                // left its entry behind): nothing can enforce, and failing would stop every pod
-                // from starting. The agent enforces the pod when it starts and finds its veth.
-                eprintln!("netpol-cni: no agent socket at {}: pod {}/{} passes unenforced until the agent starts", socket.display(), request.namespace, request.name);
-                return PluginOutput { stdout: result.to_string(), code: 0 };
+            let pass = |why: String| {
+                // Nothing can enforce, and failing would stop every pod from starting. An agent
+                // that starts later enforces the pod once it finds its veth.
+                eprintln!("netpol-cni: {why}: pod {}/{} passes unenforced", request.namespace, request.name);
+                PluginOutput { stdout: result.to_string(), code: 0 }
+            };
+            let presence = presence(&socket, gone_after);
+            if presence == Presence::Absent {
+                return pass(format!("no agent socket at {}", socket.display()));
             }
-            match agent(&request, &socket, timeout) {
-                Ok(reply) if reply.ok => PluginOutput { stdout: result.to_string(), code: 0 },
-                Ok(reply) => error(&version, ERR_TRY_AGAIN, &format!("netpol: pod {}/{} is not enforced yet", request.namespace, request.name), &reply.message),
-                Err(e) => error(&version, ERR_TRY_AGAIN, &format!("netpol: agent not reachable at {}", socket.display()), &format!("{e:#}")),
+            match (agent(&request, &socket, timeout), presence) {
+                (Ok(reply), _) if reply.ok => PluginOutput { stdout: result.to_string(), code: 0 },
+                (Ok(reply), _) => error(&version, ERR_TRY_AGAIN, &format!("netpol: pod {}/{} is not enforced yet", request.namespace, request.name), &reply.message),
+                (Err(e), Presence::Stale(age)) => {
+                    pass(format!("no agent has refreshed {} for {} s and none answers ({e:#})", socket.display(), age.as_secs()))
+                }
+                (Err(e), _) => error(&version, ERR_TRY_AGAIN, &format!("netpol: agent not reachable at {}", socket.display()), &format!("{e:#}")),
             }
         }
         "DEL" => {
@@ -149,9 +191,12 @@ pub fn plugin(
             PluginOutput { stdout: String::new(), code: 0 }
         }
         "CHECK" | "GC" => PluginOutput { stdout: String::new(), code: 0 },
-        "STATUS" => match UnixStream::connect(&socket) {
-            Ok(_) => PluginOutput { stdout: String::new(), code: 0 },
-            Err(e) => error(&version, ERR_NOT_AVAILABLE, "netpol agent not running", &format!("{}: {e}", socket.display())),
+        // Ready exactly when ADD would not fail for want of the agent.
+        "STATUS" => match (presence(&socket, gone_after), UnixStream::connect(&socket)) {
+            (Presence::Absent | Presence::Stale(_), _) | (_, Ok(_)) => PluginOutput { stdout: String::new(), code: 0 },
+            (Presence::Expected, Err(e)) => {
+                error(&version, ERR_NOT_AVAILABLE, "netpol agent not answering (restarting?)", &format!("{}: {e}", socket.display()))
+            }
         },
         other => error(&version, ERR_INVALID_CONFIG, &format!("netpol-cni: unknown CNI_COMMAND {other:?}"), ""),
     }
@@ -263,13 +308,15 @@ mod tests {
 
     #[test]
     fn add_fails_with_try_again_when_the_agent_cannot_enforce_or_answer() {
-        let refused = plugin(&env("ADD"), &conf(), |_, _, _| Ok(CniReply { ok: false, message: "pod unknown".into(), interface: None }));
+        let (path, conf) = dead_socket(Duration::ZERO);
+        let refused = plugin(&env("ADD"), &conf, |_, _, _| Ok(CniReply { ok: false, message: "pod unknown".into(), interface: None }));
         let err: Value = serde_json::from_str(&refused.stdout).expect("json");
         assert_eq!((refused.code, err["code"].as_u64()), (1, Some(11)));
         assert_eq!(err["details"], "pod unknown");
-        let gone = plugin(&env("ADD"), &conf(), |_, _, _| anyhow::bail!("connection refused"));
+        let gone = plugin(&env("ADD"), &conf, |_, _, _| anyhow::bail!("connection refused"));
         let err: Value = serde_json::from_str(&gone.stdout).expect("json");
         assert_eq!((gone.code, err["code"].as_u64()), (1, Some(11)));
+        std::fs::remove_file(path).expect("remove the socket");
     }
 
     #[test]
@@ -301,6 +348,47 @@ mod tests {
             anyhow::bail!("agent down")
         });
         assert_eq!((del.code, del_asked), (0, true), "DEL succeeds even with the agent down");
+    }
+
+    /// A socket path that exists but nobody listens on, last refreshed `age` ago.
+    fn dead_socket(age: Duration) -> (PathBuf, String) {
+        use nix::sys::{stat::utimensat, time::TimeSpec};
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("netpol-cni-test-{}-{n}.sock", std::process::id()));
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind a socket"));
+        let then = std::time::SystemTime::now() - age;
+        let since_epoch = then.duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+        let t = TimeSpec::from_duration(since_epoch);
+        utimensat(nix::fcntl::AT_FDCWD, &path, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).expect("set the socket's times");
+        let conf = conf().replace(env!("CARGO_MANIFEST_PATH"), path.to_str().expect("utf-8"));
+        (path, conf)
+    }
+
+    fn code(out: &PluginOutput) -> (i32, Option<u64>) {
+        let err: Option<Value> = serde_json::from_str(&out.stdout).ok();
+        (out.code, err.and_then(|e| e["code"].as_u64()))
+    }
+
+    #[test]
+    fn a_socket_nobody_refreshed_for_longer_than_a_restart_lets_pods_start_and_status_pass() {
+        let (path, conf) = dead_socket(DEFAULT_AGENT_GONE_AFTER + Duration::from_secs(60));
+        let add = plugin(&env("ADD"), &conf, ask_agent);
+        assert_eq!(code(&add), (0, None), "the agent is gone: the pod starts: {}", add.stdout);
+        assert_eq!(plugin(&env("STATUS"), &conf, |_, _, _| anyhow::bail!("not asked")).code, 0, "STATUS passes as ADD does");
+        std::fs::remove_file(path).expect("remove the socket");
+    }
+
+    #[test]
+    fn a_socket_refreshed_lately_that_nobody_answers_is_an_agent_restarting_and_add_waits() {
+        let (path, conf) = dead_socket(Duration::from_secs(5));
+        let add = plugin(&env("ADD"), &conf, ask_agent);
+        assert_eq!(code(&add), (1, Some(11)), "try again later: {}", add.stdout);
+        let status = plugin(&env("STATUS"), &conf, |_, _, _| anyhow::bail!("not asked"));
+        assert_eq!(code(&status), (1, Some(50)), "STATUS fails while ADD would: {}", status.stdout);
+        std::fs::remove_file(path).expect("remove the socket");
+        let status = plugin(&env("STATUS"), &conf, |_, _, _| anyhow::bail!("not asked"));
+        assert_eq!(status.code, 0, "no socket: ADD passes, so STATUS does");
     }
 
     #[test]

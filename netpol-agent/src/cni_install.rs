@@ -110,6 +110,17 @@ pub fn install_binary(bin_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(target)
 }
 
+/// Removes the plugin binary from `bin_dir` (`netpol-agent uninstall`); `Ok(false)` when it was
+/// not there.
+pub fn remove_binary(bin_dir: &Path) -> anyhow::Result<bool> {
+    let target = bin_dir.join(PLUGIN_NAME);
+    match std::fs::remove_file(&target) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("remove {}", target.display())),
+    }
+}
+
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_file_name(format!(".{}.netpol-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));

@@ -103,9 +103,18 @@ pub async fn serve(
     }
     let listener = UnixListener::bind(socket).with_context(|| format!("listen on {}", socket.display()))?;
     info!(socket = %socket.display(), "serving the CNI chain plugin");
+    let path = socket.to_path_buf();
+    let mut heartbeat = tokio::time::interval(crate::cni::HEARTBEAT);
     Ok(tokio::spawn(async move {
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = heartbeat.tick() => {
+                    refresh(&path);
+                    continue;
+                }
+            };
+            match accepted {
                 Ok((stream, _)) => {
                     tokio::spawn(handle(stream, pods.clone(), resync.clone(), enforced.clone(), timeout));
                 }
@@ -116,6 +125,16 @@ pub async fn serve(
             }
         }
     }))
+}
+
+/// Refreshes the socket's modification time: the plugin takes a socket nobody refreshed for long
+/// for an agent gone for good ([`crate::cni::presence`]).
+fn refresh(socket: &Path) {
+    use nix::sys::{stat::utimensat, time::TimeSpec};
+    let now = TimeSpec::UTIME_NOW;
+    if let Err(e) = utimensat(nix::fcntl::AT_FDCWD, socket, &now, &now, nix::sys::stat::UtimensatFlags::NoFollowSymlink) {
+        warn!(socket = %socket.display(), error = %e, "could not refresh the CNI socket's time: after a while, new pods would start unenforced");
+    }
 }
 
 async fn handle(stream: UnixStream, pods: Arc<CniPods>, resync: Resync, enforced: watch::Receiver<Enforced>, timeout: Duration) {

@@ -6,7 +6,10 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use netpol_agent::agent::{self, RunConfig};
+use netpol_agent::{
+    agent::{self, RunConfig},
+    datapath::bpffs::{self, PinScope},
+};
 
 #[derive(Parser)]
 #[command(name = "netpol-agent", version, about = "eBPF NetworkPolicy enforcement for Kubernetes nodes")]
@@ -30,9 +33,16 @@ enum Command {
         /// This node's name (pods with this spec.nodeName are enforced here).
         #[arg(long, env = "NODE_NAME")]
         node_name: String,
-        /// bpffs directory for maps and links (one per agent).
+        /// bpffs directory for maps and links (one per agent), on the node's bpffs. When this
+        /// process's mount namespace has no bpffs there but PID 1's has (`ip netns exec`, a
+        /// container with the host's PID namespace), the node's is used through
+        /// `/proc/1/root`; with none at all the agent refuses to start.
         #[arg(long, default_value = "/sys/fs/bpf/netpol")]
         pin_path: PathBuf,
+        /// Accept pins that die with this process's mount namespace (a bpffs of its own, mounted
+        /// if needed): enforcement then stops when the agent does.
+        #[arg(long)]
+        ephemeral_pins: bool,
         /// Write a JSON status here after each sync.
         #[arg(long)]
         status_file: Option<PathBuf>,
@@ -45,6 +55,11 @@ enum Command {
         /// Serve /healthz and /readyz on this address ("off": not at all).
         #[arg(long, default_value = netpol_agent::health::DEFAULT_ADDR)]
         health_addr: String,
+        /// A file holding a bearer token: clients other than loopback may then read /metrics and
+        /// /events with `Authorization: Bearer TOKEN` (without it, only loopback clients may;
+        /// the probes are open to all).
+        #[arg(long)]
+        http_token_file: Option<PathBuf>,
         /// Audit mode for this namespace (repeatable): its pods' policy drops pass and are
         /// counted as `allow_audit` ("would drop"), to roll out isolation safely.
         #[arg(long = "audit-namespace", value_name = "NAMESPACE")]
@@ -94,6 +109,10 @@ enum Command {
         /// The agent's health address (`--health-addr` of `run`).
         #[arg(long, default_value = "127.0.0.1:9790")]
         agent: String,
+        /// A file holding the agent's bearer token (its --http-token-file), needed when the
+        /// agent is not reached over loopback.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Output: one line of text per event, or one JSON object per line.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
@@ -111,14 +130,33 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Remove every program, link and map pinned under the pin path (stops enforcement).
+    /// Remove every program, link and map pinned under the pin path (stops enforcement), and
+    /// the CNI chain plugin where told.
     Uninstall {
-        /// bpffs directory the agent used.
+        /// bpffs directory the agent used (found on the node's bpffs as `run` finds it).
         #[arg(long, default_value = "/sys/fs/bpf/netpol")]
         pin_path: PathBuf,
         /// Also take netpol-cni out of the network configuration in this directory.
         #[arg(long)]
         cni_conf_dir: Option<PathBuf>,
+        /// Also remove the netpol-cni binary from this directory.
+        #[arg(long)]
+        cni_bin_dir: Option<PathBuf>,
+        /// Also remove the agent's CNI socket file.
+        #[arg(long)]
+        cni_socket: Option<PathBuf>,
+        /// Then keep running until SIGTERM (for a DaemonSet that removes netpol from every
+        /// node: its pods become ready once their node is clean).
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Mount a bpffs on PATH unless one is there (the DaemonSet's init container, with the
+    /// node's /sys/fs/bpf mounted with Bidirectional propagation, so that the mount is the
+    /// node's and pins outlive the agent's container).
+    MountBpffs {
+        /// Where.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        path: PathBuf,
     },
     /// Explain whether the policies allow a flow, and why (from a manifest directory, or the
     /// cluster's API without --manifests).
@@ -204,10 +242,12 @@ fn main() -> anyhow::Result<()> {
             manifests,
             node_name,
             pin_path,
+            ephemeral_pins,
             status_file,
             no_host_access,
             resync_seconds,
             health_addr,
+            http_token_file,
             audit_namespaces,
             event_rate,
             events_allowed,
@@ -230,10 +270,12 @@ fn main() -> anyhow::Result<()> {
                 source: manifests.map_or(agent::SourceConfig::Kube, agent::SourceConfig::Manifests),
                 node: node_name,
                 pin_path,
+                pin_scope: if ephemeral_pins { PinScope::Ephemeral } else { PinScope::Node },
                 status_file,
                 allow_host: !no_host_access,
                 resync: Duration::from_secs(resync_seconds.max(1)),
                 health_addr,
+                http_token_file,
                 audit_namespaces: audit_namespaces.into_iter().collect(),
                 events: netpol_agent::events::EventSettings { rate: event_rate, always_allowed: events_allowed },
                 lint_interval: (lint_interval > 0).then(|| Duration::from_secs(lint_interval)),
@@ -244,28 +286,84 @@ fn main() -> anyhow::Result<()> {
             }))
         }
         Command::Cni => std::process::exit(netpol_agent::cni::main()),
-        Command::Uninstall { pin_path, cni_conf_dir } => {
-            if let Some(dir) = cni_conf_dir {
-                if let Some(path) = netpol_agent::cni_install::remove_chained(&dir).with_context(|| format!("unchain netpol-cni in {}", dir.display()))? {
-                    tracing::info!(path = %path.display(), "netpol-cni taken out of the network configuration");
-                }
+        Command::Uninstall { pin_path, cni_conf_dir, cni_bin_dir, cni_socket, keep_running } => {
+            uninstall(&pin_path, cni_conf_dir.as_deref(), cni_bin_dir.as_deref(), cni_socket.as_deref())?;
+            if keep_running {
+                wait_for_termination()?;
             }
-            netpol_agent::datapath::uninstall(&pin_path).with_context(|| format!("uninstall {}", pin_path.display()))?;
-            tracing::info!(pin_path = %pin_path.display(), "removed netpol's programs, links and maps");
+            Ok(())
+        }
+        Command::MountBpffs { path } => {
+            if bpffs::mount_bpffs(&path)? {
+                tracing::info!(path = %path.display(), "mounted bpffs");
+            } else {
+                tracing::info!(path = %path.display(), "a bpffs is mounted there already");
+            }
             Ok(())
         }
         Command::Explain { manifests, from, to, port, output } => explain(manifests.as_deref(), &from, &to, &port, &output),
         Command::Lint { manifests, output } => exit_lint(lint(manifests.as_deref(), &output)),
-        Command::Observe { agent, output, namespace, pod, verdict, count } => {
+        Command::Observe { agent, token_file, output, namespace, pod, verdict, count } => {
             let filter = netpol_agent::events::EventFilter {
                 namespace,
                 pod,
                 verdicts: netpol_agent::events::parse_verdicts(&verdict).context("--verdict")?,
             };
-            netpol_agent::observe::observe(&agent, &filter, output == "json", count)
+            let token = match &token_file {
+                Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?.trim().to_string()),
+                None => None,
+            };
+            netpol_agent::observe::observe(&agent, token.as_deref(), &filter, output == "json", count)
         }
         Command::Graph { manifests, format, group_by } => graph(manifests.as_deref(), &format, group_by.as_deref()),
     }
+}
+
+/// `uninstall`: the CNI chain entry first (no new pod asks for the agent any more), then the
+/// binary and the socket, then every pin (links detached at once).
+fn uninstall(pin_path: &Path, conf_dir: Option<&Path>, bin_dir: Option<&Path>, socket: Option<&Path>) -> anyhow::Result<()> {
+    use netpol_agent::cni_install;
+    if let Some(dir) = conf_dir {
+        if let Some(path) = cni_install::remove_chained(dir).with_context(|| format!("unchain netpol-cni in {}", dir.display()))? {
+            tracing::info!(path = %path.display(), "netpol-cni taken out of the network configuration");
+        }
+    }
+    if let Some(dir) = bin_dir {
+        if cni_install::remove_binary(dir)? {
+            tracing::info!(dir = %dir.display(), "netpol-cni binary removed");
+        }
+    }
+    if let Some(socket) = socket {
+        match std::fs::remove_file(socket) {
+            Ok(()) => tracing::info!(socket = %socket.display(), "CNI socket removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", socket.display())),
+        }
+    }
+    match bpffs::resolve(pin_path, PinScope::Node) {
+        Ok(location) => {
+            netpol_agent::datapath::uninstall(&location.path).with_context(|| format!("uninstall {}", location.path.display()))?;
+            tracing::info!(pin_path = %location.path.display(), "removed netpol's programs, links and maps");
+        }
+        Err(bpffs::BpffsError::NoNodeBpffs { dir }) => {
+            tracing::info!(dir = %dir.display(), "no bpffs of the node there: nothing pinned to remove");
+        }
+        Err(e) => return Err(e).with_context(|| format!("find {}", pin_path.display())),
+    }
+    Ok(())
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_termination() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio runtime")?;
+    runtime.block_on(async {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
 }
 
 /// Reads the cluster for the one-shot commands: the manifest directory when there is one, else

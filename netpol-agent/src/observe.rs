@@ -30,12 +30,13 @@ pub fn parse_line(line: &str) -> anyhow::Result<StreamLine> {
 }
 
 /// Streams the agent's verdicts that pass `filter` to stdout until the agent closes the stream,
-/// stdout closes, or `count` records were printed.
-pub fn observe(agent: &str, filter: &EventFilter, json: bool, count: Option<u64>) -> anyhow::Result<()> {
+/// stdout closes, or `count` records were printed. `token` is sent as a bearer token.
+pub fn observe(agent: &str, token: Option<&str>, filter: &EventFilter, json: bool, count: Option<u64>) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect(agent).with_context(|| format!("connect to the agent at {agent} (its --health-addr)"))?;
     stream.set_write_timeout(Some(Duration::from_secs(5))).context("set write timeout")?;
     // HTTP/1.0: the body runs, unchunked, until the agent closes the connection.
-    write!(stream, "GET /events?{} HTTP/1.0\r\nHost: {agent}\r\n\r\n", filter.to_query()).context("send the request")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET /events?{} HTTP/1.0\r\nHost: {agent}\r\n{auth}\r\n", filter.to_query()).context("send the request")?;
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
     reader.read_line(&mut status).context("read the agent's answer")?;

@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -51,7 +50,7 @@ fn fixture_at(yaml: &str, locals: &[((&str, &str), u32)]) -> Option<Fixture> {
         return None;
     }
     static N: AtomicU32 = AtomicU32::new(0);
-    let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/netpol-classifier-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))));
+    let pin = PinDir::new(&format!("netpol-classifier-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     let mut dp = Datapath::load(&pin.0).expect("the classifiers load and pass the verifier");
     let mut loaded = manifests::Loaded::default();
     manifests::load_documents(yaml, "test.yaml", &mut loaded, &mut Default::default());

@@ -7,7 +7,7 @@
 //! (`pass_deferred`), so the conntrack map fills exactly as with any other new flow. Needs root
 //! (skips, saying why, without it).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::collections::BTreeMap;
 
 use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::{
@@ -87,7 +87,7 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
         eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
         return;
     }
-    let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/netpol-conntrack-flood-{}", std::process::id())));
+    let pin = PinDir::new(&format!("netpol-conntrack-flood-{}", std::process::id()));
     let mut dp = Datapath::load(&pin.0).expect("the classifiers load and pass the verifier");
     let mut loaded = manifests::Loaded::default();
     manifests::load_documents(MANIFESTS, "flood.yaml", &mut loaded, &mut Default::default());

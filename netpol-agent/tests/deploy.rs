@@ -61,9 +61,15 @@ fn every_document_parses_into_its_kubernetes_type() {
         };
         parsed.unwrap_or_else(|e| panic!("{file}: invalid {kind}: {e}"));
     }
-    for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"] {
+    for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
         assert_eq!(documents().iter().filter(|(_, v)| v["kind"] == kind).count(), 1, "one {kind}");
     }
+    assert_eq!(documents().iter().filter(|(_, v)| v["kind"] == "DaemonSet").count(), 2, "the agent and the uninstaller");
+}
+
+/// The DaemonSet named `name`.
+fn daemonset(name: &str) -> DaemonSet {
+    of_kind::<DaemonSet>("DaemonSet").into_iter().find(|d| d.metadata.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("no DaemonSet {name}"))
 }
 
 #[test]
@@ -98,13 +104,14 @@ fn the_cluster_role_grants_every_call_the_agent_makes() {
 
 #[test]
 fn the_daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
-    let ds = of_kind::<DaemonSet>("DaemonSet").remove(0);
+    let ds = daemonset("netpol-agent");
     let pod = ds.spec.template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
     assert_eq!(pod.service_account_name.as_deref(), Some("netpol-agent"));
     assert!(pod.tolerations.unwrap().iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()));
     let c = &pod.containers[0];
     let args = c.args.clone().unwrap_or_default();
+    let arg = |name: &str| args.iter().find_map(|a| a.strip_prefix(&format!("{name}="))).unwrap_or_else(|| panic!("{name}"));
     assert!(args.iter().any(|a| a == "run"));
     assert!(!args.iter().any(|a| a.starts_with("--manifests")), "the API source");
     let node = c.env.iter().flatten().find(|e| e.name == "NODE_NAME").expect("NODE_NAME");
@@ -126,10 +133,27 @@ fn the_daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     assert_eq!(port(&c.readiness_probe), ("/readyz".to_string(), health));
     let mounts: Vec<&str> = c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
     assert!(mounts.contains(&"/sys/fs/bpf"), "{mounts:?}");
+    // Pins on the node's bpffs: an init container mounts one there when the node has none
+    // (kind), privileged with Bidirectional propagation so that the mount is the node's; the
+    // agent sees it through HostToContainer.
+    let bpffs_mount = |c: &k8s_openapi::api::core::v1::Container| {
+        c.volume_mounts.iter().flatten().find(|m| m.mount_path == "/sys/fs/bpf").map(|m| (m.name.clone(), m.mount_propagation.clone()))
+    };
+    let init = pod.init_containers.iter().flatten().find(|i| i.args.iter().flatten().any(|a| a == "mount-bpffs")).expect("a mount-bpffs init container");
+    assert_eq!(init.security_context.as_ref().and_then(|s| s.privileged), Some(true), "Bidirectional propagation needs a privileged container");
+    assert_eq!(bpffs_mount(init), Some(("bpffs".to_string(), Some("Bidirectional".to_string()))));
+    assert_eq!(bpffs_mount(c), Some(("bpffs".to_string(), Some("HostToContainer".to_string()))));
+    assert_eq!(arg("--pin-path").split('/').take(4).collect::<Vec<_>>().join("/"), "/sys/fs/bpf", "pins under the node's bpffs");
+    // AppArmor nodes: containerd's default profile denies mounts and writes under /sys/fs/*.
+    let apparmor = pod.security_context.as_ref().and_then(|s| s.app_armor_profile.as_ref()).map(|p| p.type_.as_str());
+    assert_eq!(apparmor, Some("Unconfined"));
+    // /metrics and /events name pods and flows: loopback only on the host network.
+    let health: std::net::SocketAddr = arg("--health-addr").parse().expect("an address");
+    assert!(health.ip().is_loopback(), "{health}");
     // The CNI chain plugin: its directories are the node's, and the socket, which the plugin
     // reaches from the host by the path written into the node's CNI configuration, is at the
     // same path inside the container as on the host.
-    let arg = |name: &str| args.iter().find_map(|a| a.strip_prefix(&format!("{name}="))).unwrap_or_else(|| panic!("{name}"));
+
     let host_path_of = |container_path: &str| {
         let mount = c
             .volume_mounts
@@ -148,6 +172,35 @@ fn the_daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     assert_eq!(host_path_of(arg("--cni-conf-dir")), "/etc/cni/net.d");
     let resources = c.resources.as_ref().expect("resources");
     assert!(resources.requests.is_some() && resources.limits.is_some());
+}
+
+#[test]
+fn the_uninstaller_removes_what_the_agent_installed_on_the_same_node_paths() {
+    let agent = daemonset("netpol-agent").spec.template.spec.expect("pod spec");
+    let uninstall = daemonset("netpol-uninstall").spec.template.spec.expect("pod spec");
+    let host_path = |pod: &k8s_openapi::api::core::v1::PodSpec, container_path: &str| {
+        let c = &pod.containers[0];
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| container_path.starts_with(&m.mount_path))
+            .max_by_key(|m| m.mount_path.len())
+            .unwrap_or_else(|| panic!("{container_path} is not on a volume"));
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("volume");
+        format!("{}{}", volume.host_path.as_ref().expect("hostPath").path, &container_path[mount.mount_path.len()..])
+    };
+    let arg = |pod: &k8s_openapi::api::core::v1::PodSpec, name: &str| {
+        pod.containers[0].args.iter().flatten().find_map(|a| a.strip_prefix(&format!("{name}=")).map(str::to_string)).unwrap_or_else(|| panic!("{name}"))
+    };
+    let args = uninstall.containers[0].args.clone().unwrap_or_default();
+    assert!(args.iter().any(|a| a == "uninstall") && args.iter().any(|a| a == "--keep-running"), "{args:?}");
+    for flag in ["--pin-path", "--cni-conf-dir", "--cni-bin-dir", "--cni-socket"] {
+        assert_eq!(host_path(&uninstall, &arg(&uninstall, flag)), host_path(&agent, &arg(&agent, flag)), "{flag}: the node path the agent used");
+    }
+    // Ready once its node is clean: the probe runs the same removal again.
+    let probe = uninstall.containers[0].readiness_probe.as_ref().and_then(|p| p.exec.as_ref()).and_then(|e| e.command.clone()).expect("an exec readiness probe");
+    assert!(probe.iter().any(|a| a == "uninstall") && !probe.iter().any(|a| a == "--keep-running"), "{probe:?}");
 }
 
 #[test]

@@ -12,10 +12,7 @@
 //! Needs root (skips, saying why, without it). NETPOL_PACKET_FUZZ_CASES sets the number of
 //! frames (default 100 000), NETPOL_PACKET_FUZZ_SEED the generator's seed.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::{
@@ -608,7 +605,7 @@ fn a_frame_passes_only_when_it_parses_as_something_the_policy_or_protocol_allows
     }
     let cases: u64 = std::env::var("NETPOL_PACKET_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let seed: u64 = std::env::var("NETPOL_PACKET_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x9e37_79b9);
-    let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/netpol-packet-fuzz-{}", std::process::id())));
+    let pin = PinDir::new(&format!("netpol-packet-fuzz-{}", std::process::id()));
     let mut dp = Datapath::load(&pin.0).expect("the classifiers load and pass the verifier");
     let mut loaded = manifests::Loaded::default();
     manifests::load_documents(MANIFESTS, "fuzz.yaml", &mut loaded, &mut Default::default());

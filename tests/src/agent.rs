@@ -48,7 +48,7 @@ impl Agent {
     /// Starts the agent for node `node` (its netns name is its node name) on `manifests`, with
     /// a new pin path of its own.
     pub fn start(node: &str, manifests: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
-        let pin_path = PathBuf::from("/sys/fs/bpf").join(netns::unique("netpol-test-"));
+        let pin_path = crate::host_bpffs()?.join(netns::unique("netpol-test-"));
         Self::start_at(node, manifests, &pin_path, extra_args)
     }
 
@@ -61,9 +61,10 @@ impl Agent {
         let status_file = std::env::temp_dir().join(format!("{id}.status.json"));
         let log = std::env::temp_dir().join(format!("{id}.log"));
         let stderr = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns::path(node)))
-            .arg("--")
+        // As users run a node's agent: `ip netns exec` gives it the node's network namespace and
+        // a mount namespace of its own (with a fresh /sys, and no bpffs on /sys/fs/bpf).
+        let child = Command::new("ip")
+            .args(["netns", "exec", node])
             .arg(&bin)
             .args(["--log-format", "text", "run", "--node-name", node, "--resync-seconds", "2"])
             .arg("--manifests")
@@ -152,6 +153,18 @@ impl Agent {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("wait for the agent")? {
+                return Ok(status);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the agent still runs after {timeout:?}:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Leaves the pins in place when this handle is dropped (for a successor agent).

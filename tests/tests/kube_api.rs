@@ -36,7 +36,7 @@ struct KubeAgent {
 
 impl KubeAgent {
     fn start(node: &str, kubeconfig: &Path) -> Self {
-        Self::start_at(node, kubeconfig, &PathBuf::from("/sys/fs/bpf").join(netns::unique("netpol-kube-")))
+        Self::start_at(node, kubeconfig, &netpol_sandbox::host_bpffs().expect("bpffs").join(netns::unique("netpol-kube-")))
     }
 
     /// Starts an agent on a given pin path (adopting what an earlier agent left there).
@@ -47,9 +47,10 @@ impl KubeAgent {
         let pin_path = pin_path.to_path_buf();
         let status_file = std::env::temp_dir().join(format!("{id}.status.json"));
         let log = std::env::temp_dir().join(format!("{id}.log"));
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns::path(node)))
-            .arg("--")
+        // As users run a node's agent: `ip netns exec` gives it the node's network namespace and
+        // a mount namespace of its own (with a fresh /sys, and no bpffs on /sys/fs/bpf).
+        let child = Command::new("ip")
+            .args(["netns", "exec", node])
             .arg(&bin)
             .args(["--log-format", "text", "run", "--node-name", node, "--resync-seconds", "2", "--health-addr", HEALTH])
             .arg("--pin-path")

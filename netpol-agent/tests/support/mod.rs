@@ -11,6 +11,15 @@ pub const DROP: u32 = 2;
 /// A pin directory removed on drop, also when loading fails.
 pub struct PinDir(pub PathBuf);
 
+impl PinDir {
+    /// `/sys/fs/bpf/NAME`, with a bpffs mounted on `/sys/fs/bpf` if the host has none (the agent
+    /// pins only on a bpffs and never mounts one itself).
+    pub fn new(name: &str) -> Self {
+        netpol_agent::datapath::bpffs::mount_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("a bpffs on /sys/fs/bpf");
+        Self(PathBuf::from("/sys/fs/bpf").join(name))
+    }
+}
+
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);

@@ -1,7 +1,7 @@
 //! Control-plane scale on a synthetic cluster: compile time, map entries, the map writes and
 //! time of single changes, and the agent's memory with that state loaded.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+use std::{collections::BTreeMap, time::Instant};
 
 use netpol_agent::{
     compiler::{CompileOptions, Compiler},
@@ -54,7 +54,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     figures.add("policy_entries_10k_pods_1k_policies", counts["policy"] as f64, "entries");
 
     // Single changes against a loaded data path: map writes and wall time.
-    let pin = PathBuf::from(format!("/sys/fs/bpf/netpol-bench-control-{}", std::process::id()));
+    let pin = netpol_sandbox::host_bpffs()?.join(format!("netpol-bench-control-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&pin);
     let result = (|| -> anyhow::Result<()> {
         let mut dp = Datapath::load(&pin)?;

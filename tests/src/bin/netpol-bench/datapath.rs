@@ -55,7 +55,7 @@ impl Drop for Bench {
 }
 
 fn setup(entries: u32) -> anyhow::Result<Bench> {
-    let pin = PathBuf::from(format!("/sys/fs/bpf/netpol-bench-{}-{entries}", std::process::id()));
+    let pin = netpol_sandbox::host_bpffs()?.join(format!("netpol-bench-{}-{entries}", std::process::id()));
     let _ = std::fs::remove_dir_all(&pin);
     let mut yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, labels: {{app: a}}}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\nstatus: {{podIP: {LOCAL}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: open, namespace: x, labels: {{app: open}}}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\nstatus: {{podIP: 198.18.0.11}}\n"

@@ -386,7 +386,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     let mut rr: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     // The "empty" variant: the empty classifier (returns "next") attached where netpol attaches,
     // on both hooks of both pods' host veths: the cost of having a TCX program on the path at all.
-    let empty_pin = std::path::PathBuf::from("/sys/fs/bpf").join(netpol_sandbox::netns::unique("netpol-bench-empty-"));
+    let empty_pin = netpol_sandbox::host_bpffs()?.join(netpol_sandbox::netns::unique("netpol-bench-empty-"));
     let mut empty_dp = None;
     for round in 0..ROUNDS {
         for k in 0..VARIANTS.len() {

@@ -19,14 +19,16 @@ use aya::{
         tc::SchedClassifierLink,
         SchedClassifier, TcAttachType,
     },
-    Ebpf, EbpfLoader,
 };
 use netpol_common::{
     counter_index, COUNTER_SLOTS, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EndpointInfo, IdentityValue, IpKey, PeerKey, PeerRules, PolicyKey, PolicyValue, Reason, EP_EGRESS_ISOLATED,
     EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, MAP_CIDRS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EPOCH, MAP_IPCACHE, MAP_PEER_RULES,
     MAP_POLICY, MAP_PORT_RULES, MAP_EVENT_STATS, MAP_RULE_HITS, MAP_SLOTS, event_stat_index, EVENT_STAT_KINDS, RULE_HITS_MAX,
-    JUMP_DEFERRED, JUMP_TO_POD, MAP_JUMPS, FLOW_CACHE_SIZE, MAP_FLOW_CACHE,
+    JUMP_DEFERRED, JUMP_TO_POD, MAP_JUMPS,
 };
+
+pub mod bpffs;
+pub mod loader;
 
 use crate::{
     compiler::{CidrKey, Desired, EndpointPlan, PolicyEntryKey},
@@ -155,7 +157,9 @@ impl ApplyStats {
 
 /// The loaded data path and a mirror of what the maps hold.
 pub struct Datapath {
-    ebpf: Ebpf,
+    programs: loader::Programs,
+    /// Whether the programs came from this build's pins or were loaded.
+    origin: loader::Origin,
     links_dir: PathBuf,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     ipcache: HashMap<MapData, IpKey, IdentityValue>,
@@ -194,24 +198,20 @@ pub struct Datapath {
     cur_rules: BTreeMap<u32, crate::compiler::RuleRef>,
 }
 
-/// Entries of the flow cache: a region of [`FLOW_CACHE_SIZE`] for every possible CPU. If the
-/// count cannot be read, one region: the classifier finds no place for the other CPUs' flows and
-/// judges them on the full path (slower, never wrong).
-fn flow_cache_entries() -> u32 {
-    match aya::util::nr_cpus() {
-        Ok(cpus) => FLOW_CACHE_SIZE.saturating_mul(u32::try_from(cpus).unwrap_or(u32::MAX)),
-        Err((path, error)) => {
-            tracing::warn!(%path, %error, "could not count the possible CPUs: the flow cache serves CPU 0 only");
-            FLOW_CACHE_SIZE
-        }
-    }
-}
-
 impl Datapath {
-    /// Loads the programs with every map pinned under `pin_path` (reusing maps already pinned
-    /// there), and reads what the maps hold.
+    /// Opens the data path pinned under `pin_path` (a directory on the node's bpffs: see
+    /// [`bpffs::resolve`]), reusing the maps pinned there: this build's programs from their pins
+    /// when an agent of this build left them ([`loader::open`]), else loaded and verified from
+    /// the embedded object. Reads what the maps hold.
     pub fn load(pin_path: &Path) -> Result<Self> {
-        ensure_bpffs(pin_path)?;
+        let dir = bpffs::existing_ancestor(pin_path);
+        if !bpffs::is_bpffs(dir) {
+            return Err(DatapathError::Fs {
+                op: "pin under",
+                path: pin_path.to_path_buf(),
+                source: std::io::Error::other(format!("{} is not on a bpffs", dir.display())),
+            });
+        }
         let incompatible = incompatible_pins(pin_path)?;
         for (name, why) in &incompatible {
             // The earlier programs hold their own references: unpinning the map does not take
@@ -223,52 +223,53 @@ impl Datapath {
         let links_dir = pin_path.join("links");
         std::fs::create_dir_all(&links_dir)
             .map_err(|source| DatapathError::Fs { op: "create pin directory", path: links_dir.clone(), source })?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_path)
-            .map_max_entries(MAP_FLOW_CACHE, flow_cache_entries())
-            .load(EBPF_OBJECT)
-            .map_err(|source| DatapathError::Load { path: pin_path.to_path_buf(), source: Box::new(source) })?;
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_EXIT, PROG_NOOP] {
-            program(&mut ebpf, name)?.load().map_err(prog_err(format!("load program {name}")))?;
-        }
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).ok_or_else(|| DatapathError::Map {
-                op: format!("find map {name}"),
-                source: Box::new(aya::maps::MapError::InvalidName { name: name.to_string() }),
-            })
+        let pinned = if incompatible.is_empty() { loader::open(pin_path) } else { None };
+        let (programs, origin, mut object) = match pinned {
+            Some(programs) => (programs, loader::Origin::Pinned, None),
+            None => {
+                let (programs, object) = loader::load(pin_path)?;
+                (programs, loader::Origin::Loaded, Some(object))
+            }
         };
+        let mut maps = match object.as_mut() {
+            Some(ebpf) => loader::MapSource::Object(ebpf),
+            None => loader::MapSource::Pins(pin_path),
+        };
+        let mut dp = Self::from_parts(programs, &mut maps, links_dir, !incompatible.is_empty())?;
+        drop(object);
+        dp.origin = origin;
+        Ok(dp)
+    }
+
+    /// Whether the programs were opened from this build's pins or loaded and verified.
+    pub fn origin(&self) -> loader::Origin {
+        self.origin
+    }
+
+    fn from_parts(mut programs: loader::Programs, maps: &mut loader::MapSource<'_>, links_dir: PathBuf, incompatible: bool) -> Result<Self> {
         // The jump table before any link runs these programs: without it a deferred packet into
         // a pod is dropped. The pin keeps it filled after this handle is gone.
-        let mut jumps = ProgramArray::try_from(take(&mut ebpf, MAP_JUMPS)?).map_err(map_err(MAP_JUMPS))?;
+        let mut jumps: ProgramArray<MapData> = maps.take(MAP_JUMPS)?;
         for (index, name) in [(JUMP_DEFERRED, PROG_EXIT), (JUMP_TO_POD, PROG_TO_POD)] {
-            let fd = program(&mut ebpf, name)?.fd().map_err(prog_err(format!("program {name}")))?;
+            let fd = programs.get(name)?.fd().map_err(prog_err(format!("program {name}")))?;
             jumps.set(index, fd, 0).map_err(map_err(format!("jump table entry {index} ({name})")))?;
         }
-        let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        let ipcache = HashMap::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?;
-        let cidrs = LpmTrie::try_from(take(&mut ebpf, MAP_CIDRS)?).map_err(map_err(MAP_CIDRS))?;
-        let peer_rules = HashMap::try_from(take(&mut ebpf, MAP_PEER_RULES)?).map_err(map_err(MAP_PEER_RULES))?;
-        let port_rules = HashMap::try_from(take(&mut ebpf, MAP_PORT_RULES)?).map_err(map_err(MAP_PORT_RULES))?;
-        let policy = LpmTrie::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
-        let event_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_EVENT_STATS)?).map_err(map_err(MAP_EVENT_STATS))?;
-        let rule_hits = PerCpuArray::try_from(take(&mut ebpf, MAP_RULE_HITS)?).map_err(map_err(MAP_RULE_HITS))?;
-        let slots = Array::try_from(take(&mut ebpf, MAP_SLOTS)?).map_err(map_err(MAP_SLOTS))?;
-        let epoch: Array<MapData, u32> = Array::try_from(take(&mut ebpf, MAP_EPOCH)?).map_err(map_err(MAP_EPOCH))?;
+        let epoch: Array<MapData, u32> = maps.take(MAP_EPOCH)?;
         let cur_epoch = epoch.get(&0, 0).map_err(map_err("read epoch"))?;
         let mut dp = Self {
-            ebpf,
+            programs,
+            origin: loader::Origin::Loaded,
             links_dir,
-            endpoints,
-            ipcache,
-            cidrs,
-            peer_rules,
-            port_rules,
-            policy,
-            counters,
-            event_stats,
-            rule_hits,
-            slots,
+            endpoints: maps.take(MAP_ENDPOINTS)?,
+            ipcache: maps.take(MAP_IPCACHE)?,
+            cidrs: maps.take(MAP_CIDRS)?,
+            peer_rules: maps.take(MAP_PEER_RULES)?,
+            port_rules: maps.take(MAP_PORT_RULES)?,
+            policy: maps.take(MAP_POLICY)?,
+            counters: maps.take(MAP_COUNTERS)?,
+            event_stats: maps.take(MAP_EVENT_STATS)?,
+            rule_hits: maps.take(MAP_RULE_HITS)?,
+            slots: maps.take(MAP_SLOTS)?,
             epoch,
             cur_epoch,
             flow_cache: true,
@@ -280,7 +281,7 @@ impl Datapath {
             cur_port_rules: BTreeMap::new(),
             cur_policy: BTreeMap::new(),
             fingerprints: BTreeMap::new(),
-            adopt_after_first_apply: !incompatible.is_empty(),
+            adopt_after_first_apply: incompatible,
             cur_rules: BTreeMap::new(),
         };
         dp.read_current()?;
@@ -631,7 +632,7 @@ impl Datapath {
 
     /// A loaded classifier ([`PROG_FROM_POD`] or [`PROG_TO_POD`]), e.g. for BPF_PROG_TEST_RUN.
     pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
-        program(&mut self.ebpf, name)
+        self.programs.get(name)
     }
 
     fn write_endpoint(&mut self, ifindex: u32, info: EndpointInfo, stats: &mut ApplyStats) {
@@ -742,7 +743,7 @@ impl Datapath {
     /// Attaches program `name` to interface `iface` at `attach_type` and pins the TCX link at
     /// `pin`.
     fn attach_pinned(&mut self, name: &str, iface: &str, attach_type: TcAttachType, pin: &Path) -> Result<()> {
-        let prog = program(&mut self.ebpf, name)?;
+        let prog = self.programs.get(name)?;
         let id = prog.attach(iface, attach_type).map_err(prog_err(format!("attach {name} to {iface}")))?;
         let link = prog.take_link(id).map_err(prog_err(format!("take link of {name} on {iface}")))?;
         let link: FdLink = link.try_into().map_err(|e| DatapathError::Link { op: format!("link of {name} on {iface}"), source: Box::new(e) })?;
@@ -765,7 +766,7 @@ impl Datapath {
                 .map_err(|e| format!("open {}: {e}", pin.display()))
                 .and_then(|pinned| {
                     let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| format!("{}: {e}", pin.display()))?;
-                    let prog = program(&mut self.ebpf, name).map_err(|e| e.to_string())?;
+                    let prog = self.programs.get(name).map_err(|e| e.to_string())?;
                     prog.attach_to_link(link).map(|_| ()).map_err(|e| format!("update {}: {e}", pin.display()))
                 });
             if let Err(e) = result {
@@ -925,35 +926,6 @@ pub fn incompatible_pins(pin_path: &Path) -> Result<Vec<(String, String)>> {
         }
     }
     Ok(out)
-}
-
-/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Makes sure `pin_path` lies on a bpffs: when `/sys/fs/bpf` (or the nearest existing parent of
-/// the pin path) is not one, mounts bpffs there, as Cilium's agent does on hosts that lack it.
-fn ensure_bpffs(pin_path: &Path) -> Result<()> {
-    let mut dir = pin_path;
-    while !dir.exists() {
-        dir = dir.parent().unwrap_or(Path::new("/"));
-    }
-    let fs = nix::sys::statfs::statfs(dir)
-        .map_err(|e| DatapathError::Fs { op: "statfs", path: dir.to_path_buf(), source: e.into() })?;
-    if fs.filesystem_type().0 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    nix::mount::mount(Some("bpffs"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| DatapathError::Fs { op: "mount bpffs on", path: dir.to_path_buf(), source: e.into() })?;
-    tracing::info!(path = %dir.display(), "mounted bpffs");
-    Ok(())
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| DatapathError::Program {
-        op: format!("find program {name}"),
-        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-    })?;
-    prog.try_into().map_err(prog_err(format!("program {name}")))
 }
 
 /// The endpoint map value of a plan at a generation, counting into counter slot `slot`.
