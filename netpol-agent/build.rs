@@ -34,6 +34,10 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     println!("cargo:rerun-if-changed={}", manifest_dir.join("../netpol-common/src").display());
-    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+    // The pinned nightly as `cargo xtask` found it (netpol-ebpf/rust-toolchain.toml); `nightly`
+    // when built without xtask.
+    println!("cargo:rerun-if-env-changed=NETPOL_EBPF_TOOLCHAIN");
+    let toolchain = std::env::var("NETPOL_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".to_string());
+    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain))
         .context("building netpol-ebpf (needs nightly rust-src and bpf-linker: run `cargo xtask setup`)")
 }

@@ -50,9 +50,18 @@ enum Task {
 }
 
 /// Debian packages the tests and the demo use: iproute2 (ip), util-linux (nsenter), iptables
-/// (the iptables peer of the benchmarks), bpftool (inspection), iperf3 and ipset (benchmarks).
-const DEBIAN_PACKAGES: &[(&str, &str)] =
-    &[("ip", "iproute2"), ("nsenter", "util-linux"), ("iptables", "iptables"), ("bpftool", "bpftool"), ("iperf3", "iperf3"), ("ipset", "ipset")];
+/// (the iptables peer of the benchmarks), bpftool (inspection), iperf3 and ipset (benchmarks),
+/// podman and runc (the agent's image run as the DaemonSet declares it).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("iptables", "iptables"),
+    ("bpftool", "bpftool"),
+    ("iperf3", "iperf3"),
+    ("ipset", "ipset"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -136,15 +145,17 @@ fn setup() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
 
-    // The eBPF crate builds with nightly and -Z build-std=core.
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("the nightly toolchain is needed to build the eBPF programs (rustup toolchain install nightly)")?;
+    // The eBPF crate builds with the pinned nightly and -Z build-std=core.
+    let toolchain = ebpf_toolchain()?;
+    // Every cargo this process runs builds the eBPF crate with it (the agent's build.rs reads it).
+    std::env::set_var("NETPOL_EBPF_TOOLCHAIN", &toolchain);
+    let sysroot = output(Command::new("rustc").arg(format!("+{toolchain}")).args(["--print", "sysroot"]))
+        .with_context(|| format!("the {toolchain} toolchain is needed to build the eBPF programs"))?;
     let sysroot = PathBuf::from(sysroot);
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-        eprintln!("setup: adding rust-src to nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        eprintln!("setup: adding rust-src to {toolchain}");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain]))?;
     }
-
     // bpf-linker, built against the nightly toolchain's own libLLVM, cached outside the clone.
     let lib = std::fs::read_dir(sysroot.join("lib"))
         .context("read nightly sysroot")?
@@ -159,7 +170,7 @@ fn setup() -> anyhow::Result<()> {
     if root.join("bin/bpf-linker").is_file() {
         return Ok(());
     }
-    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let version = output(Command::new("rustc").arg(format!("+{toolchain}")).arg("-vV"))?;
     let major = version
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -174,15 +185,71 @@ fn setup() -> anyhow::Result<()> {
     }
     eprintln!("setup: building bpf-linker against {lib_name} (about a minute and a half)");
     run(Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features"])
+        .arg(format!("+{toolchain}"))
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features"])
         .args(["--features", &format!("llvm-{major}")])
         .arg("--root")
         .arg(&root)
         .env("LLVM_PREFIX", &prefix))
 }
 
+/// The nightly the eBPF crate is built with: the channel pinned in
+/// `netpol-ebpf/rust-toolchain.toml`, under that name when rustup has it, or as the machine's
+/// `nightly` when that is the same release (machines that cannot download toolchains); otherwise
+/// the pinned one is installed. The agent's build.rs gets it as `NETPOL_EBPF_TOOLCHAIN`.
+fn ebpf_toolchain() -> anyhow::Result<String> {
+    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(t) = CHOSEN.get() {
+        return Ok(t.clone());
+    }
+    let pinned = pinned_nightly()?;
+    let date = pinned.strip_prefix("nightly-").context("the pinned channel is not nightly-YYYY-MM-DD")?;
+    let commit_date = |toolchain: &str| {
+        output(Command::new("rustc").arg(format!("+{toolchain}")).arg("-vV"))
+            .ok()
+            .and_then(|v| v.lines().find_map(|l| l.strip_prefix("commit-date: ").map(str::to_string)))
+    };
+    // A nightly's commit date is the day before its channel date or the same day.
+    let same_release = |found: &str| found == date || next_day(found).as_deref() == Some(date);
+    let chosen = if output(Command::new("rustup").args(["run", &pinned, "rustc", "-V"])).is_ok() {
+        pinned
+    } else if commit_date("nightly").is_some_and(|d| same_release(&d)) {
+        "nightly".to_string()
+    } else {
+        eprintln!("setup: installing the pinned toolchain {pinned}");
+        run(Command::new("rustup").args(["toolchain", "install", &pinned, "--profile", "minimal", "--component", "rust-src"]))?;
+        pinned
+    };
+    Ok(CHOSEN.get_or_init(|| chosen).clone())
+}
+
+/// The channel of `netpol-ebpf/rust-toolchain.toml`.
+fn pinned_nightly() -> anyhow::Result<String> {
+    let path = workspace_root()?.join("netpol-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("channel").map(|v| v.trim_start_matches([' ', '=']).trim().trim_matches('"').to_string()))
+        .with_context(|| format!("{} names no channel", path.display()))
+}
+
+/// The day after `YYYY-MM-DD` (none when it is not such a date).
+fn next_day(date: &str) -> Option<String> {
+    let mut parts = date.split('-').map(|p| p.parse::<u32>().ok());
+    let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let last = *days.get(usize::try_from(m.checked_sub(1)?).ok()?)?;
+    Some(match (d < last, m < 12) {
+        (true, _) => format!("{y:04}-{m:02}-{:02}", d + 1),
+        (false, true) => format!("{y:04}-{:02}-01", m + 1),
+        (false, false) => format!("{:04}-01-01", y + 1),
+    })
+}
+
 fn build(root: &Path) -> anyhow::Result<()> {
-    run(Command::new("cargo").current_dir(root).args(["build", "--release", "--package", "netpol-agent", "--bin", "netpol-agent"]))
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "--package", "netpol-agent", "--bin", "netpol-agent"]))
 }
 
 fn agent_bin(root: &Path) -> PathBuf {
