@@ -31,7 +31,7 @@ enum Task {
     },
     /// Run the benchmarks; print the figures and write target/bench/results.json.
     Bench {
-        /// Only these benchmarks (datapath, control, convergence, throughput).
+        /// Only these benchmarks (datapath, control, convergence, restart, throughput).
         only: Vec<String>,
     },
     /// Fuzz: each cargo-fuzz target of fuzz/ (manifests, compiler) for SECONDS, then the

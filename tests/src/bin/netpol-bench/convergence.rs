@@ -13,7 +13,7 @@ use crate::Figures;
 const CHANGES: usize = 100;
 
 /// One UDP round trip from a fresh socket (a new flow each time), waiting at most `wait`.
-fn udp_once(from: &str, to: SocketAddr, wait: Duration) -> bool {
+pub fn udp_once(from: &str, to: SocketAddr, wait: Duration) -> bool {
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
     netns::within(from, || UdpSocket::bind(bind)).ok().and_then(Result::ok).is_some_and(|s| {
         let _ = s.set_read_timeout(Some(wait));
@@ -22,7 +22,8 @@ fn udp_once(from: &str, to: SocketAddr, wait: Duration) -> bool {
     })
 }
 
-fn admit(pod: &str) -> String {
+/// A policy on x/a admitting only the pods labelled `pod: POD`.
+pub fn admit(pod: &str) -> String {
     format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: admit, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: {pod}}}}}}}]}}]\n")
 }
 

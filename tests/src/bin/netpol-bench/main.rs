@@ -5,6 +5,7 @@
 mod control;
 mod convergence;
 mod datapath;
+mod restart;
 mod synth;
 mod throughput;
 
@@ -38,10 +39,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut figures = Figures::default();
-    let benches: [(&str, Bench); 4] = [
+    let benches: [(&str, Bench); 5] = [
         ("datapath", datapath::run),
         ("control", control::run),
         ("convergence", convergence::run),
+        ("restart", restart::run),
         ("throughput", throughput::run),
     ];
     let mut failed = false;
