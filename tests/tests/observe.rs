@@ -316,3 +316,62 @@ fn the_event_rate_limit_suppresses_and_counts_every_drop() {
     assert!(text.contains(r#"netpol_events_total{namespace="x",pod="a",outcome="suppressed"}"#), "metrics:\n{text}");
     assert!(text.contains(r#"netpol_map_entries{map="conntrack"}"#), "metrics:\n{text}");
 }
+
+/// An HTTP/1.0 GET of `path` on `addr` from inside network namespace `from`, with a bearer token
+/// when given: the status code.
+fn http_status(from: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    use std::io::{Read as _, Write as _};
+    netns::within(from, || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to the agent");
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n{auth}\r\n").as_bytes()).expect("request");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).expect("status line");
+        String::from_utf8_lossy(&head[9..12]).parse().expect("a status code")
+    })
+    .expect("netns")
+}
+
+#[test]
+fn pods_reach_metrics_and_events_only_with_the_bearer_token_and_the_node_over_loopback() {
+    if !privileged() {
+        return;
+    }
+    let mut c = three_pods();
+    let token = std::env::temp_dir().join(netns::unique("netpol-token-"));
+    std::fs::write(&token, "s3cret\n").expect("token file");
+    let token_arg = token.to_str().expect("utf-8").to_string();
+    c.start_agent(0, &["--health-addr", "0.0.0.0:9790", "--http-token-file", &token_arg]).expect("agent");
+    c.sync().expect("sync");
+    let node = c.nodes[0].netns.clone();
+    let pod = c.pod("x", "b").netns.clone();
+    let on_node = SocketAddr::new(c.nodes[0].gateway4().into(), 9790);
+    let loopback: SocketAddr = "127.0.0.1:9790".parse().expect("address");
+
+    assert_eq!(http_status(&pod, on_node, "/healthz", None), 200, "probes are open to all");
+    assert_eq!(http_status(&pod, on_node, "/readyz", None), 200);
+    assert_eq!(http_status(&pod, on_node, "/metrics", None), 401, "a pod without the token gets no metrics");
+    assert_eq!(http_status(&pod, on_node, "/events", None), 401, "nor the flows");
+    assert_eq!(http_status(&pod, on_node, "/metrics", Some("guess")), 401);
+    assert_eq!(http_status(&pod, on_node, "/metrics", Some("s3cret")), 200, "with the token it does");
+    assert_eq!(http_status(&node, loopback, "/metrics", None), 200, "the node itself, over loopback, needs none");
+    std::fs::write(&token, "rotated\n").expect("rotate");
+    assert_eq!(http_status(&pod, on_node, "/metrics", Some("s3cret")), 401, "a rotated token takes effect at once");
+    std::fs::remove_file(&token).expect("remove token file");
+}
+
+#[test]
+fn by_default_the_endpoints_listen_on_loopback_only() {
+    if !privileged() {
+        return;
+    }
+    let mut c = three_pods();
+    c.start_agent(0, &[]).expect("agent");
+    c.sync().expect("sync");
+    let on_node = SocketAddr::new(c.nodes[0].gateway4().into(), 9790);
+    let refused = netns::within(&c.pod("x", "b").netns, || std::net::TcpStream::connect_timeout(&on_node, Duration::from_secs(2)).is_err())
+        .expect("netns");
+    assert!(refused, "a pod cannot even connect to the agent's endpoints on the node's address");
+    assert_eq!(http_status(&c.nodes[0].netns, "127.0.0.1:9790".parse().expect("address"), "/metrics", None), 200);
+}
