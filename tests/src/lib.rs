@@ -10,10 +10,13 @@ pub mod agent;
 pub mod apiserver;
 pub mod churn;
 pub mod cluster;
+pub mod cni_runtime;
 pub mod demo_steps;
+pub mod kubelet;
 pub mod manifests;
 pub mod netns;
 pub mod node;
+pub mod node_fs;
 pub mod probe;
 pub mod servers;
 
