@@ -483,7 +483,14 @@ fn egress_to_a_service_address_is_judged_after_nat_where_it_leaves_the_node() {
     assert_eq!(f.run_marked(PROG_EXIT, &flow(A, B, TCP, 40003, 80), mark), (DROP, KUBE_MASQ));
     // To an address outside the cluster (not DNATed), which no rule allows: dropped.
     assert_eq!(f.run_marked(PROG_EXIT, &flow(A, "198.18.200.1", UDP, 40004, 53), mark).0, DROP);
-    assert_eq!((f.counter("allow_policy"), f.counter("drop_no_rule")), (before.0 + 1, before.1 + 2));
+    // The same, deferred on the pod's veth first (the conntrack entry it leaves is no verdict):
+    // dropped where it leaves, and again on its next packet.
+    let (verdict, outside) = f.run_marked(PROG_FROM_POD, &flow(A, "198.18.200.2", UDP, 40010, 53), 0);
+    assert_eq!(verdict, ALLOW);
+    assert_eq!(f.run_marked(PROG_EXIT, &flow(A, "198.18.200.2", UDP, 40010, 53), outside).0, DROP, "not NATed, not allowed");
+    assert_eq!(f.run_marked(PROG_EXIT, &flow(A, "198.18.200.2", UDP, 40010, 53), outside).0, DROP, "its next packet");
+    assert_eq!(f.entering_pod(&flow("198.18.200.2", A, UDP, 53, 40010)), DROP, "no reply of a denied flow comes in as tracked");
+    assert_eq!((f.counter("allow_policy"), f.counter("drop_no_rule")), (before.0 + 1, before.1 + 5));
     // The allowed flow is tracked: its next packet passes without a new verdict.
     assert_eq!(f.run_marked(PROG_EXIT, &frame::ip(A, B, TCP, &frame::l4(TCP, 40002, 443, false)), mark).0, ALLOW);
     assert_eq!(f.counter("allow_policy"), before.0 + 1);

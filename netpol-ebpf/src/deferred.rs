@@ -8,7 +8,7 @@
 //! address it really goes to.
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
-use netpol_common::{deferred_slot, defer_mark, EndpointInfo, IpKey, Reason, DIR_EGRESS, MARK_DEFER_MASK};
+use netpol_common::{deferred_slot, defer_mark, CtValue, EndpointInfo, IpKey, Reason, DIR_EGRESS, MARK_DEFER_MASK};
 
 use crate::{
     conntrack, count, events,
@@ -106,19 +106,31 @@ pub fn denied(ctx: &TcContext, mark: u32, slot: u32) -> bool {
 fn judge(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> (Reason, u32) {
     const NONE: u32 = policy::DENIED;
     let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
+    // The entry the pod's veth left when it passed the flow on, if the flow was not NATed on
+    // the way (its addresses are the same here): no verdict, judged below.
+    let mut passed_on: Option<*mut CtValue> = None;
     if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer for the duration of the program.
-        let ct = unsafe { &mut *ct };
-        revalidate(ct, ep, src_is_a, &p.dst, p);
-        if ct.revoked == 0 {
-            return (Reason::AllowEstablished, NONE);
-        }
-        if !opens_flow(ctx, p) {
-            return (Reason::DropRevoked, NONE);
+        let entry = unsafe { &mut *ct };
+        if entry.deferred == 0 {
+            revalidate(entry, ep, src_is_a, &p.dst, p);
+            if entry.revoked == 0 {
+                return (Reason::AllowEstablished, NONE);
+            }
+            if !opens_flow(ctx, p) {
+                return (Reason::DropRevoked, NONE);
+            }
+        } else {
+            passed_on = Some(ct);
         }
     }
     let rule = policy::allows(ep, DIR_EGRESS, &p.dst, p.protocol, p.dport_be);
     if rule == policy::DENIED {
+        if let Some(ct) = passed_on {
+            // Denied: replies of the flow are no longer let into the pod as tracked.
+            // SAFETY: the map value pointer from above, still valid in this program run.
+            unsafe { (*ct).revoked = 1 };
+        }
         return (Reason::DropNoRule, NONE);
     }
     conntrack::track(&key, src_is_a, DIR_EGRESS, ep.generation, 0);

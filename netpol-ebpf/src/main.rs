@@ -202,17 +202,27 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
         // SAFETY: a valid map value pointer for the duration of the program.
         let ct = unsafe { &mut *ct };
         if ct.deferred != 0 {
-            // Judged where the packet leaves the node (marked again); replies pass like any
-            // tracked flow's.
+            if ct.revoked == 0 {
+                // Judged where the packet leaves the node (marked again); replies pass like any
+                // tracked flow's.
+                if from_pod {
+                    deferred::mark(ctx, ep);
+                }
+                return Decision { reason: Reason::AllowEstablished, rule: NONE, learn: Learn::PassDeferred };
+            }
+            // Revoked: where it left the node, with these very addresses (no NAT on the way),
+            // the pod's egress policy denied it. The pod's packets are judged there again;
+            // nothing comes into the pod as part of it.
             if from_pod {
                 deferred::mark(ctx, ep);
+                return (Reason::PassDeferred, NONE).into();
             }
-            return Decision { reason: Reason::AllowEstablished, rule: NONE, learn: Learn::PassDeferred };
-        }
-        revalidate(ct, ep, src_is_a, peer, p);
-        if ct.revoked == 0 {
-            remember_first_fragment(ep, p);
-            return Decision { reason: Reason::AllowEstablished, rule: NONE, learn: Learn::Pass };
+        } else {
+            revalidate(ct, ep, src_is_a, peer, p);
+            if ct.revoked == 0 {
+                remember_first_fragment(ep, p);
+                return Decision { reason: Reason::AllowEstablished, rule: NONE, learn: Learn::Pass };
+            }
         }
         // A withdrawn flow: only a packet that opens a flow is judged again, as new.
         if !opens_flow(ctx, p) {
@@ -224,7 +234,9 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, direction: u8, parsed: &Result<Pac
         conntrack::track(&key, src_is_a, direction, ep.generation, 1);
         remember_first_fragment(ep, p);
         deferred::mark(ctx, ep);
-        return Decision { reason: Reason::PassDeferred, rule: NONE, learn: Learn::PassDeferred };
+        // Not learnt yet: where it leaves the node the flow may be denied as it is (no NAT).
+        // Its next packets, still passed on and not revoked there, are.
+        return (Reason::PassDeferred, NONE).into();
     }
     let rule = policy::allows(ep, direction, peer, p.protocol, p.dport_be);
     let reason = if !isolated {

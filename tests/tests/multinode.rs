@@ -318,6 +318,37 @@ fn cross_node_flows_are_enforced_at_the_client_for_egress_and_at_the_server_for_
     assert!(failures.is_empty(), "{} differ:\n\n{}", failures.len(), failures.join("\n"));
 }
 
+/// x/a may send to pods c of x, and to the underlay's addresses when `underlay` says so.
+fn egress_a_to_c(underlay: bool) -> String {
+    let block = if underlay { ", {ipBlock: {cidr: 198.19.0.0/24}}" } else { "" };
+    policy("x", "egress-a", &format!("  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{podSelector: {{matchLabels: {{pod: c}}}}}}{block}]}}]\n"))
+}
+
+#[test]
+fn an_egress_isolated_pod_reaches_another_nodes_own_address_only_where_a_rule_allows_it() {
+    if !privileged() {
+        return;
+    }
+    // Node 1's own address is neither a pod nor node 0's: x/a's packets to it are judged where
+    // they leave node 0, and cross the underlay with their addresses unchanged (no NAT).
+    let mut c = two_nodes();
+    let server = netpol_sandbox::servers::start(&c.nodes[1].netns, &[8080], &[8080], "node 1\n").expect("a server on node 1");
+    let target = |protocol| probe::Target { addr: netpol_sandbox::node::Underlay::addr4(1).into(), port: 8080, protocol, sctp_sink: None };
+    let reaches = |c: &Cluster, pod: &str, protocol| probe::probe(&c.pod("x", pod).netns, &target(protocol));
+    c.set_policies(&[egress_a_to_c(false)]).expect("write");
+    c.sync().expect("sync");
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        assert!(!reaches(&c, "a", protocol), "{protocol:?}: x/a, isolated for egress, reached node 1's address that no rule allows");
+        assert!(reaches(&c, "b", protocol), "{protocol:?}: x/b, not isolated, reaches node 1");
+    }
+    c.set_policies(&[egress_a_to_c(true)]).expect("write");
+    c.sync().expect("sync");
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        assert!(reaches(&c, "a", protocol), "{protocol:?}: an ipBlock of the underlay lets x/a reach node 1");
+    }
+    drop(server);
+}
+
 const EGRESS_A_TO_C: &str = "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {pod: c}}}]}]\n";
 const EGRESS_A_TO_D: &str = "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {pod: d}}}]}]\n";
 const INGRESS_C_FROM_A: &str = "  podSelector: {matchLabels: {pod: c}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]\n";
