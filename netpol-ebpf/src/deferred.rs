@@ -8,14 +8,15 @@
 //! address it really goes to.
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
-use netpol_common::{deferred_slot, defer_mark, CtValue, EndpointInfo, IpKey, Reason, DIR_EGRESS, MARK_DEFER_MASK};
+use netpol_common::{deferred_slot, defer_mark, EndpointInfo, IpKey, Reason, DIR_EGRESS, MARK_DEFER_MASK};
 
 use crate::{
-    conntrack, count, events,
-    maps::{CONNTRACK, ENDPOINTS, IPCACHE, JUMPS, SLOTS},
-    opens_flow,
+    conntrack,
+    judge::{self, Tracked},
+    maps::{ENDPOINTS, IPCACHE, JUMPS, SLOTS},
     parse::{self, Packet},
-    policy, revalidate, settle,
+    policy,
+    tally::{count, settle},
 };
 
 /// Whether a new flow from a pod to `peer` is judged after NAT: the peer is not in the ipcache
@@ -101,42 +102,22 @@ pub fn denied(ctx: &TcContext, mark: u32, slot: u32) -> bool {
 
 /// The egress verdict of endpoint `ep` on a deferred packet, with the rule that allowed a new
 /// flow; conntrack entries are kept on the endpoint as for any flow, under the addresses after
-/// NAT.
+/// NAT. The entry the pod's veth left when it passed the flow on is no verdict: found here (the
+/// flow was not NATed on the way), the flow is judged as new, and that entry marked denied when
+/// policy denies it.
 #[inline(always)]
 fn judge(ctx: &TcContext, ep: &EndpointInfo, p: &Packet) -> (Reason, u32) {
-    const NONE: u32 = policy::DENIED;
     let (key, src_is_a) = conntrack::flow_key(ep.endpoint, p.protocol, &p.src, p.sport_be, &p.dst, p.dport_be);
-    // The entry the pod's veth left when it passed the flow on, if the flow was not NATed on
-    // the way (its addresses are the same here): no verdict, judged below.
-    let mut passed_on: Option<*mut CtValue> = None;
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
-        // SAFETY: a valid map value pointer for the duration of the program.
-        let entry = unsafe { &mut *ct };
-        if entry.deferred == 0 {
-            revalidate(entry, ep, src_is_a, &p.dst, p);
-            if entry.revoked == 0 {
-                return (Reason::AllowEstablished, NONE);
-            }
-            if !opens_flow(ctx, p) {
-                return (Reason::DropRevoked, NONE);
-            }
-        } else {
-            passed_on = Some(ct);
-        }
+    let passed_on = match judge::tracked(ctx, ep, &key, src_is_a, &p.dst, p) {
+        Tracked::Established => return (Reason::AllowEstablished, policy::DENIED),
+        Tracked::Revoked => return (Reason::DropRevoked, policy::DENIED),
+        Tracked::PassedOn { entry, .. } => Some(entry),
+        Tracked::New => None,
+    };
+    let (reason, rule) = judge::new_flow(ep, DIR_EGRESS, &p.dst, p, &key, src_is_a);
+    if let (Reason::DropNoRule, Some(entry)) = (reason, passed_on) {
+        // SAFETY: the map value pointer found above, valid for this program run.
+        unsafe { (*entry).revoked = 1 };
     }
-    let rule = policy::allows(ep, DIR_EGRESS, &p.dst, p.protocol, p.dport_be);
-    if rule == policy::DENIED {
-        if let Some(ct) = passed_on {
-            // Denied: replies of the flow are no longer let into the pod as tracked.
-            // SAFETY: the map value pointer from above, still valid in this program run.
-            unsafe { (*ct).revoked = 1 };
-        }
-        return (Reason::DropNoRule, NONE);
-    }
-    conntrack::track(&key, src_is_a, DIR_EGRESS, ep.generation, 0);
-    if !policy::isolated(ep, DIR_EGRESS) {
-        return (Reason::AllowNotIsolated, rule);
-    }
-    events::count_rule_hit(rule);
-    (Reason::AllowPolicy, rule)
+    (reason, rule)
 }
