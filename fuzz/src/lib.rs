@@ -21,11 +21,12 @@ use std::{
 use arbitrary::Unstructured;
 use ipnet::IpNet;
 use netpol_agent::{
-    compiler::{CompileOptions, Compiler, Direction},
-    eval::{self, Flow},
-    manifests::{self, Loaded},
+    compile::{CompileOptions, Compiler, Direction},
+    compile::eval::{self, Flow},
+    source::manifests::{self, Loaded},
     model::{ClusterState, NamedPort, Namespace, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule, NAMESPACE_NAME_LABEL},
-    selector::{Labels, Requirement, Selector},
+    model::selector::{Labels, Requirement, Selector},
+
 };
 
 /// The file name the manifest check gives its input.

@@ -7,7 +7,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use netpol_agent::{
-    agent::{self, RunConfig},
+    run::{self as agent, RunConfig},
     datapath::bpffs::{self, PinScope},
 };
 
@@ -53,7 +53,7 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         resync_seconds: u64,
         /// Serve /healthz and /readyz on this address ("off": not at all).
-        #[arg(long, default_value = netpol_agent::health::DEFAULT_ADDR)]
+        #[arg(long, default_value = netpol_agent::telemetry::http::DEFAULT_ADDR)]
         health_addr: String,
         /// A file holding a bearer token: clients other than loopback may then read /metrics and
         /// /events with `Authorization: Bearer TOKEN` (without it, only loopback clients may;
@@ -66,14 +66,14 @@ enum Command {
         audit_namespaces: Vec<String>,
         /// Verdict events each pod may raise per second (per CPU); past it they are counted as
         /// suppressed. 0: no events.
-        #[arg(long, default_value_t = netpol_agent::events::DEFAULT_RATE)]
+        #[arg(long, default_value_t = netpol_agent::telemetry::events::DEFAULT_RATE)]
         event_rate: u32,
         /// Report allowed new flows too, even when no `observe` asks for them (drops and audit
         /// "would drop"s are always reported).
         #[arg(long)]
         events_allowed: bool,
         /// Lint the cluster's policies at most every this many seconds and log new findings as
-        /// warnings (`netpol_agent::lint` target); 0: never.
+        /// warnings (`netpol_agent::tools::lint` target); 0: never.
         #[arg(long, default_value_t = 30)]
         lint_interval: u64,
         /// Serve the CNI chain plugin (`netpol-cni`) on this Unix socket: a new pod's CNI ADD
@@ -226,8 +226,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     // Installed as the CNI plugin, the runtime runs this binary by the plugin's type name.
-    if std::env::args_os().next().is_some_and(|a| Path::new(&a).file_name() == Some(netpol_agent::cni::PLUGIN_NAME.as_ref())) {
-        std::process::exit(netpol_agent::cni::main());
+    if std::env::args_os().next().is_some_and(|a| Path::new(&a).file_name() == Some(netpol_agent::cni::plugin::PLUGIN_NAME.as_ref())) {
+        std::process::exit(netpol_agent::cni::plugin::main());
     }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,netlink_packet_route=error".into());
@@ -277,7 +277,7 @@ fn main() -> anyhow::Result<()> {
                 health_addr,
                 http_token_file,
                 audit_namespaces: audit_namespaces.into_iter().collect(),
-                events: netpol_agent::events::EventSettings { rate: event_rate, always_allowed: events_allowed },
+                events: netpol_agent::telemetry::events::EventSettings { rate: event_rate, always_allowed: events_allowed },
                 lint_interval: (lint_interval > 0).then(|| Duration::from_secs(lint_interval)),
                 cni_socket,
                 cni_bin_dir,
@@ -285,7 +285,7 @@ fn main() -> anyhow::Result<()> {
                 hold_new_interfaces: (hold_new_interfaces > 0).then(|| Duration::from_secs(hold_new_interfaces)),
             }))
         }
-        Command::Cni => std::process::exit(netpol_agent::cni::main()),
+        Command::Cni => std::process::exit(netpol_agent::cni::plugin::main()),
         Command::Uninstall { pin_path, cni_conf_dir, cni_bin_dir, cni_socket, keep_running } => {
             uninstall(&pin_path, cni_conf_dir.as_deref(), cni_bin_dir.as_deref(), cni_socket.as_deref())?;
             if keep_running {
@@ -304,16 +304,16 @@ fn main() -> anyhow::Result<()> {
         Command::Explain { manifests, from, to, port, output } => explain(manifests.as_deref(), &from, &to, &port, &output),
         Command::Lint { manifests, output } => exit_lint(lint(manifests.as_deref(), &output)),
         Command::Observe { agent, token_file, output, namespace, pod, verdict, count } => {
-            let filter = netpol_agent::events::EventFilter {
+            let filter = netpol_agent::telemetry::events::EventFilter {
                 namespace,
                 pod,
-                verdicts: netpol_agent::events::parse_verdicts(&verdict).context("--verdict")?,
+                verdicts: netpol_agent::telemetry::events::parse_verdicts(&verdict).context("--verdict")?,
             };
             let token = match &token_file {
                 Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?.trim().to_string()),
                 None => None,
             };
-            netpol_agent::observe::observe(&agent, token.as_deref(), &filter, output == "json", count)
+            netpol_agent::telemetry::observe::observe(&agent, token.as_deref(), &filter, output == "json", count)
         }
         Command::Graph { manifests, format, group_by } => graph(manifests.as_deref(), &format, group_by.as_deref()),
     }
@@ -322,7 +322,7 @@ fn main() -> anyhow::Result<()> {
 /// `uninstall`: the CNI chain entry first (no new pod asks for the agent any more), then the
 /// binary and the socket, then every pin (links detached at once).
 fn uninstall(pin_path: &Path, conf_dir: Option<&Path>, bin_dir: Option<&Path>, socket: Option<&Path>) -> anyhow::Result<()> {
-    use netpol_agent::cni_install;
+    use netpol_agent::cni::install as cni_install;
     if let Some(dir) = conf_dir {
         if let Some(path) = cni_install::remove_chained(dir).with_context(|| format!("unchain netpol-cni in {}", dir.display()))? {
             tracing::info!(path = %path.display(), "netpol-cni taken out of the network configuration");
@@ -380,11 +380,11 @@ fn read_cluster(manifests: Option<&std::path::Path>) -> anyhow::Result<netpol_ag
                 // off for minutes, as kube's default retry does for controllers.
                 config.default_retry = false;
                 let client = kube::Client::try_from(config).context("build the Kubernetes client")?;
-                netpol_agent::kube_source::list_snapshot(client).await
+                netpol_agent::source::kube::list_snapshot(client).await
             })
             .context("no --manifests: read the cluster from the Kubernetes API");
     };
-    let loaded = netpol_agent::manifests::load_dir(dir).with_context(|| format!("read manifests in {}", dir.display()))?;
+    let loaded = netpol_agent::source::manifests::load_dir(dir).with_context(|| format!("read manifests in {}", dir.display()))?;
     Ok(netpol_agent::source::Snapshot { state: loaded.state, problems: loaded.problems, manifest_digest: loaded.digest, ..Default::default() })
 }
 
@@ -399,12 +399,12 @@ fn load_manifests(manifests: Option<&std::path::Path>) -> anyhow::Result<netpol_
 
 /// `explain`: prints the explanation of one flow.
 fn explain(manifests: Option<&std::path::Path>, from: &str, to: &str, port: &str, output: &str) -> anyhow::Result<()> {
-    use netpol_agent::explain::{Endpoint, PortQuery};
+    use netpol_agent::tools::explain::{Endpoint, PortQuery};
     let from: Endpoint = from.parse().context("--from")?;
     let to: Endpoint = to.parse().context("--to")?;
     let port: PortQuery = port.parse().context("--port")?;
     let loaded = load_manifests(manifests)?;
-    let e = netpol_agent::explain::explain(&loaded.state, &from, &to, port)?;
+    let e = netpol_agent::tools::explain::explain(&loaded.state, &from, &to, port)?;
     let text = if output == "json" { serde_json::to_string_pretty(&e).context("encode the explanation")? + "\n" } else { e.to_string() };
     write_stdout(&text)
 }
@@ -421,7 +421,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 
 /// `lint`: prints the findings; `Ok(true)` when there are none.
 fn lint(manifests: Option<&std::path::Path>, output: &str) -> anyhow::Result<bool> {
-    use netpol_agent::lint;
+    use netpol_agent::tools::lint;
     let loaded = read_cluster(manifests)?;
     // Only files can lack a namespace: the API server gives every object one.
     let namespace_missing = match manifests {
@@ -454,7 +454,7 @@ fn exit_lint(result: anyhow::Result<bool>) -> anyhow::Result<()> {
 
 /// `graph`: prints the reachability as Mermaid or SVG.
 fn graph(manifests: Option<&std::path::Path>, format: &str, group_by: Option<&str>) -> anyhow::Result<()> {
-    use netpol_agent::graph;
+    use netpol_agent::tools::graph;
     let loaded = load_manifests(manifests)?;
     let mut r = graph::reachability(&loaded.state);
     if let Some(label) = group_by {

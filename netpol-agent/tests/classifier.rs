@@ -15,10 +15,11 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use netpol_agent::{
-    compiler::{CompileOptions, Compiler},
+    compile::{CompileOptions, Compiler},
     datapath::{Datapath, PodInterface, PROG_EXIT, PROG_FROM_POD, PROG_TO_POD},
-    manifests,
+    source::manifests,
     model::ObjectRef,
+
 };
 
 mod support;

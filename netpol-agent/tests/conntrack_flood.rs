@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 
 use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::{
-    compiler::{CompileOptions, Compiler},
+    compile::{CompileOptions, Compiler},
     datapath::{Datapath, PodInterface, PROG_FROM_POD, PROG_TO_POD},
-    manifests,
+    source::manifests,
     model::ObjectRef,
+
 };
 
 mod support;
@@ -159,7 +160,7 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
 fn conntrack_counts(pin: &std::path::Path) -> (usize, usize) {
     let path = pin.join(netpol_common::MAP_CONNTRACK);
     let t = std::time::Instant::now();
-    let batched = netpol_agent::metrics::count_conntrack(&path).expect("count conntrack in batches");
+    let batched = netpol_agent::telemetry::metrics::count_conntrack(&path).expect("count conntrack in batches");
     let batched_time = t.elapsed();
     let t = std::time::Instant::now();
     let data = aya::maps::MapData::from_pin(&path).expect("the pinned conntrack map");

@@ -8,7 +8,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
-use netpol_agent::kube_source::API_CALLS;
+use netpol_agent::source::kube::API_CALLS;
 use serde::Deserialize as _;
 
 fn deploy_dir() -> PathBuf {
@@ -127,7 +127,7 @@ fn the_daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
         (get.path.unwrap_or_default(), get.port)
     };
     let health = k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(
-        netpol_agent::health::DEFAULT_ADDR.rsplit(':').next().unwrap().parse().unwrap(),
+        netpol_agent::telemetry::http::DEFAULT_ADDR.rsplit(':').next().unwrap().parse().unwrap(),
     );
     assert_eq!(port(&c.liveness_probe), ("/healthz".to_string(), health.clone()));
     assert_eq!(port(&c.readiness_probe), ("/readyz".to_string(), health));

@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::{
-    compiler::{CompileOptions, Compiler},
+    compile::{CompileOptions, Compiler},
     datapath::{Datapath, PodInterface, PROG_FROM_POD, PROG_TO_POD},
-    manifests,
+    source::manifests,
     model::ObjectRef,
+
 };
 
 mod support;

@@ -119,7 +119,7 @@ impl Agent {
     fn wait(&mut self, timeout: Duration, all_attached: bool) -> anyhow::Result<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let digest = netpol_agent::manifests::digest_dir(&self.manifests)?;
+            let digest = netpol_agent::source::manifests::digest_dir(&self.manifests)?;
             if let Some(status) = self.status() {
                 let attached = status["attached"].as_array().map_or(0, Vec::len);
                 let local = status["local_pods"].as_array().map_or(0, Vec::len);

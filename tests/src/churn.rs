@@ -13,10 +13,11 @@ use std::{
 };
 
 use netpol_agent::{
-    compiler::Direction,
-    explain::{Dataplane, PortQuery},
-    manifests::{load_documents, Loaded},
+    compile::Direction,
+    tools::explain::{Dataplane, PortQuery},
+    source::manifests::{load_documents, Loaded},
     model::{ClusterState, ObjectRef, Pod},
+
 };
 use serde_json::{json, Value};
 
@@ -439,7 +440,7 @@ impl ChurnModel {
     }
 }
 
-/// Parses a manifest file's text as the agent would (see `netpol_agent::manifests`).
+/// Parses a manifest file's text as the agent would (see `netpol_agent::source::manifests`).
 pub fn parse(text: &str, file: &str) -> Loaded {
     let mut loaded = Loaded::default();
     load_documents(text, file, &mut loaded, &mut BTreeSet::new());

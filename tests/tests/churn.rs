@@ -42,9 +42,10 @@ use std::{
 };
 
 use netpol_agent::{
-    explain::PortQuery,
-    manifests::load_dir,
+    tools::explain::PortQuery,
+    source::manifests::load_dir,
     model::{ObjectRef, Protocol as ModelProtocol},
+
 };
 use netpol_sandbox::{
     churn::{decile_summary, identity_changed, median, parse, rss_kib, ChurnModel, Flow, RealPod, Rng, Verdicts, REAL_PORTS},

@@ -10,9 +10,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use cases::{Case, Probe, CASES};
 use netpol_agent::{
-    explain::{explain, Endpoint, PortQuery},
-    manifests::load_dir,
+    tools::explain::{explain, Endpoint, PortQuery},
+    source::manifests::load_dir,
     model::ClusterState,
+
 };
 use netpol_sandbox::{privileged, probe, Cluster, Protocol, Shape};
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use netpol_agent::{kube_source::KubeSource, manifests, source::Snapshot};
+use netpol_agent::{source::kube::KubeSource, source::manifests, source::Snapshot};
 use netpol_sandbox::apiserver::{ApiServer, Kind};
 use serde_json::{json, Value};
 

@@ -29,10 +29,13 @@ use netpol_common::{
 
 pub mod bpffs;
 pub mod loader;
+pub mod map_count;
+pub mod netlink;
 
 use crate::{
-    compiler::{CidrKey, Desired, EndpointPlan, PolicyEntryKey},
-    policy_maps::policy_maps,
+    compile::{CidrKey, Desired, EndpointPlan, PolicyEntryKey},
+    compile::kernel::policy_maps,
+
 };
 
 /// The eBPF object built by build.rs from netpol-ebpf.
@@ -195,7 +198,7 @@ pub struct Datapath {
     adopt_after_first_apply: bool,
     /// The rule each id last stood for (ids are dense and reused, so this stays small): an id
     /// that comes to stand for another rule has its hit count zeroed.
-    cur_rules: BTreeMap<u32, crate::compiler::RuleRef>,
+    cur_rules: BTreeMap<u32, crate::compile::RuleRef>,
 }
 
 impl Datapath {
@@ -379,7 +382,7 @@ impl Datapath {
 
     /// Zeroes the hit count of each rule id that now stands for another rule than at the last
     /// apply (ids of rules gone are reused).
-    fn zero_reused_rule_ids(&mut self, rules: &BTreeMap<u32, crate::compiler::RuleRef>, stats: &mut ApplyStats) {
+    fn zero_reused_rule_ids(&mut self, rules: &BTreeMap<u32, crate::compile::RuleRef>, stats: &mut ApplyStats) {
         for (id, rule) in rules {
             let before = self.cur_rules.insert(*id, rule.clone());
             if *id < RULE_HITS_MAX && before.is_some_and(|b| b != *rule) {
@@ -697,7 +700,7 @@ impl Datapath {
     /// that no packet they defer leaves unjudged. A pod's veth needs no exit once its
     /// [`PROG_TO_POD`] is linked (that program judges deferred packets first): a new veth gets
     /// one here until [`Datapath::apply`] links the pod's classifiers and retires it.
-    pub fn apply_exits(&mut self, interfaces: &[crate::netlink::EthernetInterface]) -> ApplyStats {
+    pub fn apply_exits(&mut self, interfaces: &[crate::datapath::netlink::EthernetInterface]) -> ApplyStats {
         let mut stats = ApplyStats::default();
         let pinned = self.pinned_exits();
         let pods = self.pinned_links();
@@ -707,7 +710,7 @@ impl Datapath {
             match attached {
                 Ok(()) => stats.attached += 1,
                 // An interface that went away meanwhile is no error.
-                Err(e) if crate::netlink::list_ethernet_interfaces().is_ok_and(|now| !now.contains(iface)) => {
+                Err(e) if crate::datapath::netlink::list_ethernet_interfaces().is_ok_and(|now| !now.contains(iface)) => {
                     tracing::debug!(interface = %iface.name, error = %e, "interface gone before its exit link was attached");
                 }
                 Err(e) => stats.errors.push(format!("attach {PROG_EXIT} to {}: {e}", iface.name)),

@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::Context as _;
-use netpol_agent::graph::{self, Reachability};
+use netpol_agent::tools::graph::{self, Reachability};
 use netpol_sandbox::{
     demo_steps::{CONNECTIONS, NAMESPACES, PODS, STEPS},
     privileged, probe, Cluster, Protocol, Shape,
@@ -75,7 +75,7 @@ fn run(report_dir: &std::path::Path) -> anyhow::Result<bool> {
             .collect();
         let measured = probe::probe_many(&probes);
         // What `netpol-agent graph` computes from the manifests the agent has just applied.
-        let loaded = netpol_agent::manifests::load_dir(c.manifests.path())?;
+        let loaded = netpol_agent::source::manifests::load_dir(c.manifests.path())?;
         let applied = c.agent(0).status().map(|s| s["manifest_digest"].clone()).unwrap_or_default();
         anyhow::ensure!(applied == loaded.digest.as_str(), "the manifests changed under the demo");
         let computed = graph::reachability(&loaded.state);

@@ -4,8 +4,9 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use netpol_agent::{
-    compiler::{CompileOptions, Compiler},
+    compile::{CompileOptions, Compiler},
     datapath::Datapath,
+
 };
 use netpol_sandbox::{manifests::ManifestDir, Agent, Node, Shape};
 

@@ -5,9 +5,10 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::{
-    compiler::{CompileOptions, Compiler},
+    compile::{CompileOptions, Compiler},
     datapath::{Datapath, PodInterface, PROG_NOOP, PROG_TO_POD},
     model::ObjectRef,
+
 };
 
 use crate::{synth::pod_ip, Figures};

@@ -3,8 +3,9 @@
 use std::{collections::BTreeMap, net::{IpAddr, Ipv4Addr}};
 
 use netpol_agent::{
-    manifests::{self, Loaded},
+    source::manifests::{self, Loaded},
     model::ClusterState,
+
 };
 
 /// splitmix64: a small, seeded, reproducible generator (quality is irrelevant here).
@@ -88,6 +89,6 @@ pub fn state(yaml: &str) -> ClusterState {
 }
 
 /// Counts of map entries by map.
-pub fn entry_counts(d: &netpol_agent::compiler::Desired) -> BTreeMap<&'static str, usize> {
+pub fn entry_counts(d: &netpol_agent::compile::Desired) -> BTreeMap<&'static str, usize> {
     BTreeMap::from([("policy", d.policy.len()), ("ipcache", d.ipcache.len()), ("cidrs", d.cidrs.len()), ("endpoints", d.endpoints.len())])
 }

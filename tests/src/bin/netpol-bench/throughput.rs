@@ -13,8 +13,9 @@ use std::{
 
 use anyhow::Context as _;
 use netpol_agent::{
-    manifests::{self, Loaded},
+    source::manifests::{self, Loaded},
     model::{ClusterState, Peer, PortSpec},
+
 };
 use netpol_sandbox::{agent::agent_bin, netns, Cluster, Shape};
 

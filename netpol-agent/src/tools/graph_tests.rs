@@ -3,12 +3,13 @@
 
 use super::*;
 use crate::{
-    explain::{
+    tools::explain::{
         explain,
         tests::{load, random_state, three_tier, THREE_TIER},
         Endpoint, PortQuery,
     },
     model::ObjectRef,
+
 };
 
 /// (source, destination, label) of every edge, by node name.

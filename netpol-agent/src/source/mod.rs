@@ -2,14 +2,18 @@
 //! source hands the run loop the same [`Snapshot`], so there is one path from a snapshot to
 //! the maps whatever the source.
 
+pub mod kube;
+pub mod manifests;
+
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
 use crate::{
-    kube_source::KubeSource,
-    manifests,
+    source::kube::KubeSource,
+
     model::{ClusterState, Problem},
+
 };
 
 /// One complete, typed view of the cluster.
@@ -130,7 +134,7 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::tests::{dir, NS, POD, POLICY};
+    use crate::source::manifests::tests::{dir, NS, POD, POLICY};
 
     #[test]
     fn a_manifest_dir_sees_every_change_and_gives_what_load_dir_gives() {

@@ -11,7 +11,7 @@ use netpol_common::{
     POLICY_PREFIX_PROTO,
 };
 
-use crate::compiler::{policy_key_covers, PolicyEntryKey};
+use crate::compile::{policy_key_covers, PolicyEntryKey};
 
 /// The kernel's policy maps as the compiled entries become them (`netpol_common::MAP_PEER_RULES`):
 /// what each peer may do, single ports, and port ranges.
@@ -91,7 +91,7 @@ pub fn allows(maps: &PolicyMaps, probe: &PolicyKey) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compiler::policy_key_covers;
+    use crate::compile::policy_key_covers;
 
     /// A small deterministic generator (xorshift), so failures reproduce.
     struct Rng(u64);

@@ -167,7 +167,7 @@ impl Metrics {
     }
 
     /// Records a sync that programmed a complete state.
-    pub fn synced(&self, programming_seconds: f64, status: &crate::agent::Status) {
+    pub fn synced(&self, programming_seconds: f64, status: &crate::run::Status) {
         self.syncs.inc();
         self.ready.set(1);
         self.programming_seconds.observe(programming_seconds);
@@ -289,13 +289,13 @@ pub fn count_conntrack_in_background(pin_path: &std::path::Path, metrics: std::s
 }
 
 /// The number of entries in the pinned conntrack map at `path`, read in batches
-/// ([`crate::map_count`]).
+/// ([`crate::datapath::map_count`]).
 pub fn count_conntrack(path: &std::path::Path) -> anyhow::Result<usize> {
     use anyhow::Context as _;
     use std::os::fd::AsFd as _;
     let data = aya::maps::MapData::from_pin(path).with_context(|| format!("open {}", path.display()))?;
     let fd = data.fd().as_fd();
-    Ok(crate::map_count::count_entries(fd, std::mem::size_of::<netpol_common::CtKey>(), std::mem::size_of::<netpol_common::CtValue>())?)
+    Ok(crate::datapath::map_count::count_entries(fd, std::mem::size_of::<netpol_common::CtKey>(), std::mem::size_of::<netpol_common::CtValue>())?)
 }
 
 impl PartialOrd for PacketLabels {
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn every_series_is_exposed() {
         let m = Metrics::new();
-        m.synced(0.012, &crate::agent::Status::default());
+        m.synced(0.012, &crate::run::Status::default());
         let text = m.encode();
         for series in [
             "netpol_packets",

@@ -5,9 +5,10 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::{
-    manifests::{load_documents, Loaded},
+    source::manifests::{load_documents, Loaded},
     model::{NamedPort, Namespace, Peer, PortMatch, PortSpec, Protocol, Rule, NAMESPACE_NAME_LABEL},
-    selector::Labels,
+    model::selector::Labels,
+
 };
 
 /// The three-tier example: an ingress controller, frontend, backend and database, kube-dns,

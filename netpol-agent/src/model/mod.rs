@@ -3,6 +3,8 @@
 //! server's defaulting and validation applied. A policy that fails validation is reported as a
 //! [`Problem`] and left out; everything else is kept.
 
+pub mod selector;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
@@ -18,7 +20,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use crate::selector::{Labels, Selector};
+use crate::model::selector::{Labels, Selector};
 
 /// The label the API server puts on every namespace, with the namespace's name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -211,7 +213,7 @@ pub struct ClusterState {
     pub pods: BTreeMap<ObjectRef, Pod>,
     /// Pods scheduled but without addresses yet (the API learns them after the pod's network
     /// is set up): no part in policy until they have some — the CNI chain plugin's may come
-    /// first ([`crate::cni_server::CniPods::merge_into`]).
+    /// first ([`crate::cni::server::CniPods::merge_into`]).
     pub unaddressed: BTreeMap<ObjectRef, Pod>,
     /// Valid policies, by namespace/name.
     pub policies: BTreeMap<ObjectRef, Policy>,

@@ -2,7 +2,7 @@
 //! fires on a small change to it.
 
 use super::*;
-use crate::explain::tests::{load, THREE_TIER};
+use crate::tools::explain::tests::{load, THREE_TIER};
 
 /// The three-tier example with `extra` documents added and the policies `drop` (`ns/name`)
 /// removed, linted with the loader's problems.

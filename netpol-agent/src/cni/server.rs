@@ -1,4 +1,4 @@
-//! The agent's end of the CNI chain plugin ([`crate::cni`]): a Unix socket where the plugin
+//! The agent's end of the CNI chain plugin ([`crate::cni::plugin`]): a Unix socket where the plugin
 //! announces a new pod at CNI ADD. The pod's addresses are merged into the snapshot (the API
 //! publishes them only later, in the pod's status), a sync is scheduled, and the answer waits
 //! until a sync has put the classifiers on the pod's veth with its policy programmed.
@@ -20,8 +20,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    cni::{CniCommand, CniReply, CniRequest},
+    cni::plugin::{CniCommand, CniReply, CniRequest},
     model::{ClusterState, ObjectRef},
+
 };
 
 /// Addresses of local pods as the CNI plugin reported them, by pod; kept until CNI DEL, or
@@ -104,7 +105,7 @@ pub async fn serve(
     let listener = UnixListener::bind(socket).with_context(|| format!("listen on {}", socket.display()))?;
     info!(socket = %socket.display(), "serving the CNI chain plugin");
     let path = socket.to_path_buf();
-    let mut heartbeat = tokio::time::interval(crate::cni::HEARTBEAT);
+    let mut heartbeat = tokio::time::interval(crate::cni::plugin::HEARTBEAT);
     Ok(tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -128,7 +129,7 @@ pub async fn serve(
 }
 
 /// Refreshes the socket's modification time: the plugin takes a socket nobody refreshed for long
-/// for an agent gone for good ([`crate::cni::presence`]).
+/// for an agent gone for good ([`crate::cni::plugin::presence`]).
 fn refresh(socket: &Path) {
     use nix::sys::{stat::utimensat, time::TimeSpec};
     let now = TimeSpec::UTIME_NOW;

@@ -19,13 +19,14 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
-    compiler::{CompileOptions, Compiler, Desired},
+    compile::{CompileOptions, Compiler, Desired},
     datapath::{Datapath, PodInterface},
-    health,
-    kube_source::KubeSource,
+    telemetry::http,
+    source::kube::KubeSource,
     model::{ObjectRef, Problem},
-    netlink,
+    datapath::netlink,
     source::Source,
+
 };
 
 /// Where the agent reads the cluster from.
@@ -62,7 +63,7 @@ pub struct RunConfig {
     /// Namespaces in audit mode (policy drops pass, counted as "would drop").
     pub audit_namespaces: std::collections::BTreeSet<String>,
     /// How the data path reports verdict events.
-    pub events: crate::events::EventSettings,
+    pub events: crate::telemetry::events::EventSettings,
     /// Lint the cluster state at most this often, logging new findings as warnings (none: no
     /// linting in the agent).
     pub lint_interval: Option<Duration>,
@@ -213,8 +214,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Trigger>(64);
 
     let ready = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let (event_hub, event_task) = match crate::events::EventHub::open(&cfg.pin_path, &cfg.node, cfg.events) {
+    let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
+    let (event_hub, event_task) = match crate::telemetry::events::EventHub::open(&cfg.pin_path, &cfg.node, cfg.events) {
         Ok((hub, ring)) => {
             let task = tokio::spawn(hub.clone().run(ring));
             (Some(hub), Some(task))
@@ -224,18 +225,18 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             (None, None)
         }
     };
-    let conntrack_counter = crate::metrics::count_conntrack_in_background(&cfg.pin_path, metrics.clone());
+    let conntrack_counter = crate::telemetry::metrics::count_conntrack_in_background(&cfg.pin_path, metrics.clone());
     let health = match cfg.health_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen for health probes on {addr}"))?;
             info!(%addr, "serving /healthz, /readyz and /metrics");
-            let endpoints = health::Endpoints {
+            let endpoints = http::Endpoints {
                 ready: ready.clone(),
                 metrics: metrics.clone(),
                 events: event_hub.clone(),
                 token_file: cfg.http_token_file.clone(),
             };
-            Some(tokio::spawn(health::serve(listener, endpoints)))
+            Some(tokio::spawn(http::serve(listener, endpoints)))
         }
         None => None,
     };
@@ -277,15 +278,15 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         })
         .context("start link event thread")?;
 
-    let cni_pods = Arc::new(crate::cni_server::CniPods::default());
-    let (enforced_tx, enforced_rx) = tokio::sync::watch::channel(crate::cni_server::Enforced::default());
+    let cni_pods = Arc::new(crate::cni::server::CniPods::default());
+    let (enforced_tx, enforced_rx) = tokio::sync::watch::channel(crate::cni::server::Enforced::default());
     let cni_task = match &cfg.cni_socket {
         Some(socket) => {
             let cni_tx = tx.clone();
-            let resync: crate::cni_server::Resync = Arc::new(move || {
+            let resync: crate::cni::server::Resync = Arc::new(move || {
                 let _ = cni_tx.try_send(Trigger::Cni);
             });
-            Some(crate::cni_server::serve(socket, cni_pods.clone(), resync, enforced_rx, CNI_WAIT).await?)
+            Some(crate::cni::server::serve(socket, cni_pods.clone(), resync, enforced_rx, CNI_WAIT).await?)
         }
         None => None,
     };
@@ -338,7 +339,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         match sync(&cfg, &source, &cni_pods, &mut compiler, &mut datapath, &mut status, &mut memo, event_hub.as_deref()) {
             Ok(true) => {
-                enforced_tx.send_replace(crate::cni_server::Enforced {
+                enforced_tx.send_replace(crate::cni::server::Enforced {
                     syncs: status.syncs,
                     pods: status.enforcing.clone(),
                     known: status.local_pods.iter().cloned().collect(),
@@ -414,14 +415,14 @@ fn pin_location(cfg: &RunConfig) -> anyhow::Result<crate::datapath::bpffs::PinLo
 fn install_cni(cfg: &RunConfig) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
     let Some(socket) = cfg.cni_socket.clone() else { return Ok(None) };
     if let Some(dir) = &cfg.cni_bin_dir {
-        let path = crate::cni_install::install_binary(dir).with_context(|| format!("install the CNI plugin into {}", dir.display()))?;
+        let path = crate::cni::install::install_binary(dir).with_context(|| format!("install the CNI plugin into {}", dir.display()))?;
         info!(path = %path.display(), "CNI plugin installed");
     }
     let Some(conf_dir) = cfg.cni_conf_dir.clone() else { return Ok(None) };
-    let ensure = move |dir: &Path| match crate::cni_install::ensure_chained(dir, &socket, CNI_PLUGIN_TIMEOUT_SECONDS) {
-        Ok(crate::cni_install::ChainChange::Added(path)) => info!(path = %path.display(), "netpol-cni chained into the network configuration"),
-        Ok(crate::cni_install::ChainChange::NoConfiguration) => info!(dir = %dir.display(), "no network configuration yet; chaining netpol-cni when one appears"),
-        Ok(crate::cni_install::ChainChange::Present(_)) => {}
+    let ensure = move |dir: &Path| match crate::cni::install::ensure_chained(dir, &socket, CNI_PLUGIN_TIMEOUT_SECONDS) {
+        Ok(crate::cni::install::ChainChange::Added(path)) => info!(path = %path.display(), "netpol-cni chained into the network configuration"),
+        Ok(crate::cni::install::ChainChange::NoConfiguration) => info!(dir = %dir.display(), "no network configuration yet; chaining netpol-cni when one appears"),
+        Ok(crate::cni::install::ChainChange::Present(_)) => {}
         Err(e) => warn!(error = format!("{e:#}"), "could not chain netpol-cni into the network configuration"),
     };
     std::fs::create_dir_all(&conf_dir).with_context(|| format!("create {}", conf_dir.display()))?;
@@ -455,7 +456,7 @@ struct SyncMemo {
 struct Compiled {
     snapshot: Arc<crate::source::Snapshot>,
     host_ips: Vec<std::net::IpAddr>,
-    desired: crate::compiler::Desired,
+    desired: crate::compile::Desired,
 }
 
 /// One level-triggered sync. `Ok(false)` when the source has no complete snapshot yet, so
@@ -464,12 +465,12 @@ struct Compiled {
 fn sync(
     cfg: &RunConfig,
     source: &Source,
-    cni_pods: &crate::cni_server::CniPods,
+    cni_pods: &crate::cni::server::CniPods,
     compiler: &mut Compiler,
     datapath: &mut Datapath,
     status: &mut Status,
     memo: &mut SyncMemo,
-    events: Option<&crate::events::EventHub>,
+    events: Option<&crate::telemetry::events::EventHub>,
 ) -> anyhow::Result<bool> {
     let Some(loaded) = source.snapshot()? else {
         return Ok(false);
@@ -557,7 +558,7 @@ fn sync(
     status.events = pod_event_counts(datapath, &interfaces);
     status.policy_hits = policy_hits(datapath, &desired.rules);
     if let (Some(hub), false) = (events, unchanged) {
-        hub.set_names(crate::events::Names::new(&state, desired));
+        hub.set_names(crate::telemetry::events::Names::new(&state, desired));
     }
     status.entries = BTreeMap::from([
         ("policy".to_string(), desired.policy.len()),
@@ -607,12 +608,12 @@ fn pod_event_counts(datapath: &Datapath, interfaces: &BTreeMap<ObjectRef, PodInt
 }
 
 /// New flows allowed per compiled rule, by the rule's name (see [`Status::policy_hits`]).
-fn policy_hits(datapath: &Datapath, rules: &BTreeMap<u32, crate::compiler::RuleRef>) -> BTreeMap<String, u64> {
+fn policy_hits(datapath: &Datapath, rules: &BTreeMap<u32, crate::compile::RuleRef>) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for (id, rule) in rules {
         let Ok(n) = datapath.rule_hits(*id) else { continue };
         if n > 0 {
-            let direction = if rule.direction == crate::compiler::Direction::Ingress { "ingress" } else { "egress" };
+            let direction = if rule.direction == crate::compile::Direction::Ingress { "ingress" } else { "egress" };
             *out.entry(format!("{} {direction}[{}]", rule.policy, rule.index)).or_default() += n;
         }
     }
@@ -709,27 +710,27 @@ fn lint_in_background(state: &crate::model::ClusterState, interval: Duration) {
 
 /// The lint findings already logged (only the lint thread uses it); a finding is logged again
 /// only after it went away and came back.
-static LINT_REPORTED: std::sync::Mutex<std::collections::BTreeSet<crate::lint::Finding>> =
+static LINT_REPORTED: std::sync::Mutex<std::collections::BTreeSet<crate::tools::lint::Finding>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// Logs each lint finding of `state` that was not there at the last lint as a warning, with
 /// the finding's object, rule, code and fix as fields. Objects left out as invalid are not
 /// linted again here: the sync already logs them.
 fn warn_lint_findings(state: &crate::model::ClusterState) {
-    let findings = crate::lint::lint(state, &crate::lint::Extra::default());
+    let findings = crate::tools::lint::lint(state, &crate::tools::lint::Extra::default());
     let mut reported = LINT_REPORTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for f in new_findings(&mut reported, &findings) {
-        warn!(target: "netpol_agent::lint", object = %f.object, rule = %f.rule, code = %f.code, fix = %f.fix, "{}", f.message);
+        warn!(target: "netpol_agent::tools::lint", object = %f.object, rule = %f.rule, code = %f.code, fix = %f.fix, "{}", f.message);
     }
 }
 
 /// Keeps in `reported` only the findings of `current`, and returns those of them that were not
 /// in it (to log now; they count as reported from here on).
 fn new_findings<'a>(
-    reported: &mut std::collections::BTreeSet<crate::lint::Finding>,
-    current: &'a [crate::lint::Finding],
-) -> Vec<&'a crate::lint::Finding> {
-    let now: std::collections::BTreeSet<&crate::lint::Finding> = current.iter().collect();
+    reported: &mut std::collections::BTreeSet<crate::tools::lint::Finding>,
+    current: &'a [crate::tools::lint::Finding],
+) -> Vec<&'a crate::tools::lint::Finding> {
+    let now: std::collections::BTreeSet<&crate::tools::lint::Finding> = current.iter().collect();
     reported.retain(|f| now.contains(f));
     current.iter().filter(|f| reported.insert((*f).clone())).collect()
 }
@@ -739,7 +740,7 @@ mod lint_warning_tests {
     use std::collections::BTreeSet;
 
     use super::new_findings;
-    use crate::lint::Finding;
+    use crate::tools::lint::Finding;
 
     fn finding(object: &str, code: &str) -> Finding {
         Finding { object: object.into(), rule: "ingress[0]".into(), code: code.into(), message: "m".into(), fix: "f".into() }

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use crate::cni::PLUGIN_NAME;
+use crate::cni::plugin::PLUGIN_NAME;
 
 /// Extensions of network configuration files, as libcni reads them.
 const CONF_EXTENSIONS: [&str; 3] = ["conflist", "conf", "json"];

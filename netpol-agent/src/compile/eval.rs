@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use netpol_common::{PolicyKey, IDENTITY_ANY};
 
 use crate::{
-    compiler::{ip_key, Desired, Direction},
+    compile::{ip_key, Desired, Direction},
     model::ObjectRef,
-    policy_maps,
+    compile::kernel,
+
 };
 
 /// A new flow as one endpoint sees it.
@@ -55,12 +56,12 @@ pub fn allows(desired: &Desired, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
     let ep = desired.endpoints.get(pod)?;
     // The endpoint's entries split as the kernel's maps hold them, looked up as the classifier does.
     let entries = desired.entries_of(ep.id).map(|(k, v)| (*k, *v)).collect();
-    allows_in(desired, &policy_maps::policy_maps(&entries), pod, flow)
+    allows_in(desired, &kernel::policy_maps(&entries), pod, flow)
 }
 
 /// [`allows`] with the policy entries already split as the kernel holds them
-/// (`policy_maps::policy_maps(&desired.policy)`, made once for many questions).
-pub fn allows_in(desired: &Desired, maps: &policy_maps::PolicyMaps, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
+/// (`kernel::policy_maps(&desired.policy)`, made once for many questions).
+pub fn allows_in(desired: &Desired, maps: &kernel::PolicyMaps, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
     let ep = desired.endpoints.get(pod)?;
     let isolated = match flow.direction {
         Direction::Ingress => ep.ingress_isolated,
@@ -77,6 +78,6 @@ pub fn allows_in(desired: &Desired, maps: &policy_maps::PolicyMaps, pod: &Object
             protocol: flow.protocol,
             port_be: flow.port.to_be(),
         };
-        policy_maps::allows(maps, &probe)
+        kernel::allows(maps, &probe)
     }))
 }

@@ -1,6 +1,6 @@
 //! `explain`: whether a flow between two endpoints is allowed, and why.
 //!
-//! The verdict comes from the compiler and [`crate::eval::allows`], the same map contents and
+//! The verdict comes from the compiler and [`crate::compile::eval::allows`], the same map contents and
 //! lookups the kernel uses: egress is judged on the source pod's node, ingress on the
 //! destination pod's node, and a flow is allowed iff both sides allow it. The reasons come from
 //! the model: every policy that selects the pod, every rule of the direction, whether its peers
@@ -9,11 +9,12 @@
 use std::{borrow::Cow, collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 
 use crate::{
-    cidr,
-    compiler::{CompileOptions, Compiler, Desired, Direction},
-    eval::{self, Flow},
+    compile::cidr,
+    compile::{CompileOptions, Compiler, Desired, Direction},
+    compile::eval::{self, Flow},
     model::{ClusterState, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule},
-    selector::{Requirement, Selector},
+    model::selector::{Requirement, Selector},
+
 };
 
 /// What went wrong before a flow could be explained.
@@ -226,7 +227,7 @@ fn addresses(src: &Named<'_>, dst: &Named<'_>) -> Result<(IpAddr, IpAddr), Expla
 #[derive(Clone, Debug, Default)]
 pub struct Dataplane {
     /// Per node: the compiled state and its policy entries split as the kernel holds them.
-    nodes: BTreeMap<String, (Desired, crate::policy_maps::PolicyMaps)>,
+    nodes: BTreeMap<String, (Desired, crate::compile::kernel::PolicyMaps)>,
     node_of: BTreeMap<ObjectRef, String>,
 }
 
@@ -258,7 +259,7 @@ impl Dataplane {
             if !out.nodes.contains_key(&n) {
                 let opts = CompileOptions { node: n.clone(), host_ips: Vec::new(), allow_host: false };
                 let desired = Compiler::new().compile(&state, &opts);
-                let maps = crate::policy_maps::policy_maps(&desired.policy);
+                let maps = crate::compile::kernel::policy_maps(&desired.policy);
                 out.nodes.insert(n.clone(), (desired, maps));
             }
             out.node_of.insert(pod.id.clone(), n);

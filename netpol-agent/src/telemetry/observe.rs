@@ -1,5 +1,5 @@
 //! `netpol-agent observe`: the client of a running agent's `/events` stream
-//! ([`crate::health`]), printing each verdict as a line of text or JSON.
+//! ([`crate::telemetry::http`]), printing each verdict as a line of text or JSON.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::events::{EventFilter, VerdictRecord};
+use crate::telemetry::events::{EventFilter, VerdictRecord};
 
 /// One line of the stream: a record, or how many records this reader lost by falling behind.
 #[derive(Debug, PartialEq, Eq)]

@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use crate::{
     model::{namespace_from_k8s, pod_from_k8s, policy_from_k8s, ClusterState, Problem},
     source::Snapshot,
+
 };
 
 /// One call the agent makes on the API: (API group, resource, verb). The ClusterRole in

@@ -1,7 +1,7 @@
 //! The agent's HTTP endpoints: `/healthz` answers 200 while the process runs, `/readyz` 200 once
 //! the first complete state has been programmed and 503 before; `/metrics` serves the Prometheus
-//! metrics ([`crate::metrics`]); `/events?namespace=..&pod=..&verdict=..` streams verdict events
-//! as JSON lines ([`crate::events`]) for `netpol-agent observe`.
+//! metrics ([`crate::telemetry::metrics`]); `/events?namespace=..&pod=..&verdict=..` streams verdict events
+//! as JSON lines ([`crate::telemetry::events`]) for `netpol-agent observe`.
 //!
 //! Who may read what: the probes are open to every client (they say nothing about the node's
 //! traffic). `/metrics` and `/events` name pods, policies and flows, so they answer only loopback
@@ -42,9 +42,9 @@ pub struct Endpoints {
     /// Whether a complete state has been programmed.
     pub ready: Arc<AtomicBool>,
     /// The metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// The verdict events (none: `/events` answers 404).
-    pub events: Option<Arc<crate::events::EventHub>>,
+    pub events: Option<Arc<crate::telemetry::events::EventHub>>,
     /// A file holding the bearer token that opens `/metrics` and `/events` to clients other than
     /// loopback (read at each such request, so it can be rotated).
     pub token_file: Option<PathBuf>,
@@ -96,7 +96,7 @@ async fn metrics(State(e): State<Endpoints>) -> Response {
 /// that falls behind gets a line `{"lost": N}` instead of the records it missed.
 async fn events(State(e): State<Endpoints>, request: Request) -> Response {
     let Some(hub) = e.events else { return (StatusCode::NOT_FOUND, "no verdict events on this agent\n").into_response() };
-    let filter = match crate::events::EventFilter::from_query(request.uri().query().unwrap_or("")) {
+    let filter = match crate::telemetry::events::EventFilter::from_query(request.uri().query().unwrap_or("")) {
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad filter: {e:#}\n")).into_response(),
     };
@@ -178,7 +178,7 @@ mod tests {
     use super::*;
 
     fn endpoints(token_file: Option<PathBuf>) -> Endpoints {
-        Endpoints { ready: Arc::new(AtomicBool::new(false)), metrics: Arc::new(crate::metrics::Metrics::new()), events: None, token_file }
+        Endpoints { ready: Arc::new(AtomicBool::new(false)), metrics: Arc::new(crate::telemetry::metrics::Metrics::new()), events: None, token_file }
     }
 
     /// Starts the endpoints on `addr` and returns the address they listen on.

@@ -27,8 +27,9 @@ use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracing::{debug, warn};
 
 use crate::{
-    compiler::{Desired, Direction, RuleRef},
+    compile::{Desired, Direction, RuleRef},
     model::{ClusterState, ObjectRef},
+
 };
 
 /// The default `--event-rate`: events per endpoint, per second and CPU.

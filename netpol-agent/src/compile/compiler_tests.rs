@@ -1,6 +1,6 @@
 //! Table-driven tests of the compiler against the NetworkPolicy API text. Every case builds a
 //! cluster (pods from small builders, policies from YAML), compiles it for node `n1`, and asks
-//! [`crate::eval::allows`] (the classifier's new-flow decision evaluated over the compiled maps)
+//! [`crate::compile::eval::allows`] (the classifier's new-flow decision evaluated over the compiled maps)
 //! for a verdict per flow. Case names read as sentences of the spec.
 //!
 //! Addresses: pods and nodes live in 198.18.0.0/15 and fd00:198:18::/48; "outside the cluster"
@@ -16,9 +16,10 @@ use netpol_common::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, IDENTITY_FIRST_CIDR, 
 use serde_json::json;
 
 use crate::{
-    compiler::{ip_key, CompileOptions, Compiler, Desired, Direction},
-    eval::{allows, Flow},
+    compile::{ip_key, CompileOptions, Compiler, Desired, Direction},
+    compile::eval::{allows, Flow},
     model::{namespace_from_k8s, pod_from_k8s, policy_from_k8s, ClusterState, Namespace, ObjectRef, Pod, Policy, Problem},
+
 };
 
 const NODE: &str = "n1";
@@ -301,7 +302,7 @@ impl Net<'_> {
         assert!(wrong.is_empty(), "pod {pod}: wrong verdicts\n{}\nendpoint: {:?}", wrong.join("\n"), self.endpoint(pod));
     }
 
-    fn endpoint(&self, pod: &str) -> &crate::compiler::EndpointPlan {
+    fn endpoint(&self, pod: &str) -> &crate::compile::EndpointPlan {
         self.desired.endpoints.get(&Self::pod_ref(pod)).unwrap_or_else(|| panic!("{pod} is not a local endpoint"))
     }
 
@@ -1923,8 +1924,8 @@ impl Rng {
     }
 }
 
-fn random_selector(rng: &mut Rng, namespace: bool) -> crate::selector::Selector {
-    use crate::selector::{Requirement, Selector};
+fn random_selector(rng: &mut Rng, namespace: bool) -> crate::model::selector::Selector {
+    use crate::model::selector::{Requirement, Selector};
     let s = |v: &str| v.to_string();
     let pod_forms: Vec<Vec<Requirement>> = vec![
         vec![],

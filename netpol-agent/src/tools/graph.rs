@@ -1,7 +1,7 @@
 //! `graph`: who can reach whom, as the data path will decide it, drawn as a Mermaid flowchart
 //! or a self-contained SVG.
 //!
-//! Every ordered pair of pods is asked, through the compiler and [`crate::eval`] (egress at the
+//! Every ordered pair of pods is asked, through the compiler and [`crate::compile::eval`] (egress at the
 //! source and ingress at the destination), about every port class: each port or range a policy
 //! rule names (named ports resolved against the pods), and per protocol one port no rule names
 //! ("other"). A range counts as allowed when both its ends are.
@@ -13,10 +13,11 @@ use std::{
 };
 
 use crate::{
-    compiler::Direction,
-    eval::Flow,
-    explain::Dataplane,
+    compile::Direction,
+    compile::eval::Flow,
+    tools::explain::Dataplane,
     model::{ClusterState, Pod, PortSpec, Protocol},
+
 };
 
 /// A set of destination ports that is asked about as one.
@@ -218,7 +219,7 @@ pub fn group_by(r: &Reachability, state: &ClusterState, label: &str) -> Reachabi
 }
 
 fn isolation(state: &ClusterState, pod: &Pod) -> (bool, bool) {
-    let selecting = crate::explain::selecting_policies(state, pod);
+    let selecting = crate::tools::explain::selecting_policies(state, pod);
     (selecting.iter().any(|p| p.isolates_ingress), selecting.iter().any(|p| p.isolates_egress))
 }
 

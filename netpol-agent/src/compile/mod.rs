@@ -7,6 +7,11 @@
 //! prefix). Named ports are part of a pod identity so that egress to a named port resolves
 //! exactly against the peer pod's own container ports.
 
+pub mod cidr;
+pub mod eval;
+pub mod kernel;
+pub mod ports;
+
 use std::{
     borrow::Borrow,
     cmp::Ordering,
@@ -23,10 +28,11 @@ use netpol_common::{
 };
 
 use crate::{
-    cidr,
+
     model::{ClusterState, NamedPort, ObjectRef, Peer, Pod, Policy, PortSpec, Rule},
-    ports::range_prefixes,
-    selector::Labels,
+    compile::ports::range_prefixes,
+    model::selector::Labels,
+
 };
 
 /// A policy direction.
@@ -612,3 +618,6 @@ pub fn policy_key_covers(entry: &PolicyEntryKey, probe: &PolicyKey) -> bool {
     let mask = if n == 0 { 0 } else { u128::MAX << (128 - n) };
     bits(&entry.key) & mask == bits(probe) & mask
 }
+
+#[cfg(test)]
+mod compiler_tests;

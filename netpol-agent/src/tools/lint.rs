@@ -2,7 +2,7 @@
 //!
 //! Every [`Finding`] names the object, the rule (`ingress[0].from[1]`, or empty), a stable
 //! kebab-case code, why it matters and how to fix it. Checks that depend on traffic (an allow
-//! on one side that the other side drops) ask the compiler and [`crate::eval`], like `explain`;
+//! on one side that the other side drops) ask the compiler and [`crate::compile::eval`], like `explain`;
 //! the others read the model. Objects the loader had to leave out are findings too.
 
 use std::{
@@ -13,13 +13,14 @@ use std::{
 };
 
 use crate::{
-    cidr,
-    compiler::Direction,
-    eval::Flow,
-    explain::{selector_text, Dataplane},
-    manifests::{manifest_files, DEFAULT_NAMESPACE},
+    compile::cidr,
+    compile::Direction,
+    compile::eval::Flow,
+    tools::explain::{selector_text, Dataplane},
+    source::manifests::{manifest_files, DEFAULT_NAMESPACE},
     model::{ClusterState, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Problem, Protocol, Rule, NAMESPACE_NAME_LABEL},
-    selector::{Requirement, Selector},
+    model::selector::{Requirement, Selector},
+
 };
 
 /// One thing worth a second look.
@@ -147,7 +148,7 @@ fn named_ports_anywhere(state: &ClusterState) -> Vec<(Protocol, u16)> {
 }
 
 /// Every namespace the state knows of (declared, or holding pods or policies), with labels.
-fn namespaces(state: &ClusterState) -> BTreeMap<String, crate::selector::Labels> {
+fn namespaces(state: &ClusterState) -> BTreeMap<String, crate::model::selector::Labels> {
     let names: BTreeSet<&String> =
         state.namespaces.keys().chain(state.pods.keys().map(|p| &p.namespace)).chain(state.policies.keys().map(|p| &p.namespace)).collect();
     names.into_iter().map(|n| (n.clone(), state.namespace_labels(n))).collect()
@@ -175,7 +176,7 @@ struct Linter<'a> {
     state: &'a ClusterState,
     out: Vec<Finding>,
     dataplane: Dataplane,
-    namespaces: BTreeMap<String, crate::selector::Labels>,
+    namespaces: BTreeMap<String, crate::model::selector::Labels>,
     /// [`named_ports_anywhere`] of the state, computed once (it is asked for per pod pair).
     every_port: Vec<(Protocol, u16)>,
 }
@@ -508,7 +509,7 @@ impl<'a> Linter<'a> {
                         near_ok.iter().map(|(p, n)| format!("{n}/{p}")).collect::<Vec<_>>().join(", ")
                     };
                     blocked.push(format!("{} -> {} on {list}", src.id, dst.id));
-                    for p in crate::explain::selecting_policies(self.state, other) {
+                    for p in crate::tools::explain::selecting_policies(self.state, other) {
                         if if far_dir == Direction::Ingress { p.isolates_ingress } else { p.isolates_egress } {
                             far_isolating.insert(p.id.to_string());
                         }
@@ -602,7 +603,7 @@ impl<'a> Linter<'a> {
         let mut no_dns: BTreeMap<ObjectRef, Vec<String>> = BTreeMap::new();
         let mut udp_only: BTreeSet<(ObjectRef, String, &'static str)> = BTreeSet::new();
         for pod in self.state.pods.values() {
-            let egress: Vec<&Policy> = crate::explain::selecting_policies(self.state, pod).into_iter().filter(|p| p.isolates_egress).collect();
+            let egress: Vec<&Policy> = crate::tools::explain::selecting_policies(self.state, pod).into_iter().filter(|p| p.isolates_egress).collect();
             if egress.is_empty() {
                 continue;
             }
