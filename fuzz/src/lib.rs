@@ -21,7 +21,7 @@ use std::{
 use arbitrary::Unstructured;
 use ipnet::IpNet;
 use netpol_agent::{
-    compile::{CompileOptions, Compiler, Direction},
+    compile::{CompileOptions, Compiler}, model::Direction,
     compile::eval::{self, Flow},
     source::manifests::{self, Loaded},
     model::{ClusterState, NamedPort, Namespace, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule, NAMESPACE_NAME_LABEL},

@@ -1,6 +1,17 @@
 //! The policy maps' keys and values: what a peer may do, single ports and port ranges.
 
 
+/// IP protocol number of ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IP protocol number of SCTP.
+pub const IPPROTO_SCTP: u8 = 132;
+
 /// Policy direction: traffic into the pod (the pod's Ingress rules).
 pub const DIR_INGRESS: u8 = 0;
 /// Policy direction: traffic out of the pod (the pod's Egress rules).
@@ -62,9 +73,9 @@ pub const PROTO_BIT_SCTP: u8 = 4;
 #[inline(always)]
 pub const fn proto_bit(protocol: u8) -> u8 {
     match protocol {
-        6 => PROTO_BIT_TCP,
-        17 => PROTO_BIT_UDP,
-        132 => PROTO_BIT_SCTP,
+        IPPROTO_TCP => PROTO_BIT_TCP,
+        IPPROTO_UDP => PROTO_BIT_UDP,
+        IPPROTO_SCTP => PROTO_BIT_SCTP,
         _ => 0,
     }
 }

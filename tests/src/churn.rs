@@ -13,8 +13,9 @@ use std::{
 };
 
 use netpol_agent::{
-    compile::Direction,
-    tools::explain::{Dataplane, PortQuery},
+    model::Direction,
+    compile::eval::Dataplane,
+    tools::explain::PortQuery,
     source::manifests::{load_documents, Loaded},
     model::{ClusterState, ObjectRef, Pod},
 
@@ -484,8 +485,8 @@ impl<'a> Verdicts<'a> {
 
     /// The two sides' verdicts of `flow`: (egress at the source, ingress at the destination).
     pub fn sides(&self, flow: &Flow) -> Option<(bool, bool)> {
-        let egress = self.dataplane.allows_port(self.state, &flow.from, Direction::Egress, flow.dst, flow.port)?;
-        let ingress = self.dataplane.allows_port(self.state, &flow.to, Direction::Ingress, flow.src, flow.port)?;
+        let egress = self.dataplane.allows_port(self.state, &flow.from, Direction::Egress, flow.dst, flow.port.protocol, flow.port.port)?;
+        let ingress = self.dataplane.allows_port(self.state, &flow.to, Direction::Ingress, flow.src, flow.port.protocol, flow.port.port)?;
         Some((egress, ingress))
     }
 }

@@ -16,7 +16,7 @@ use netpol_common::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, IDENTITY_FIRST_CIDR, 
 use serde_json::json;
 
 use crate::{
-    compile::{ip_key, CompileOptions, Compiler, Desired, Direction},
+    compile::{kernel::ip_key, CompileOptions, Compiler, Desired}, model::Direction,
     compile::eval::{allows, Flow},
     model::{namespace_from_k8s, pod_from_k8s, policy_from_k8s, ClusterState, Namespace, ObjectRef, Pod, Policy, Problem},
 
@@ -312,7 +312,7 @@ impl Net<'_> {
     }
 
     fn entries(&self, pod: &str) -> usize {
-        self.desired.entries_of(self.endpoint(pod).id).count()
+        self.desired.policy.of_endpoint(self.endpoint(pod).id).count()
     }
 
     fn identity_of(&self, who: &str) -> u32 {
@@ -327,22 +327,32 @@ fn check_invariants(d: &Desired) {
     unique.sort_unstable();
     unique.dedup();
     assert_eq!(unique.len(), endpoint_ids.len(), "endpoint ids are unique: {endpoint_ids:?}");
-    for (k, v) in &d.policy {
-        assert!(endpoint_ids.contains(&k.key.endpoint), "entry {k:?} of an unknown endpoint");
-        let id = k.key.identity;
-        assert!(
-            id == IDENTITY_ANY || id == IDENTITY_HOST || d.identities.contains_key(&id) || d.cidrs.values().any(|c| *c == id),
-            "entry {k:?} names identity {id}, which nothing stands for"
-        );
-        assert!(k.prefix_len >= POLICY_PREFIX_PEER, "entry {k:?}: endpoint, identity and direction are always exact");
+    let known_identity = |id: u32| id == IDENTITY_ANY || id == IDENTITY_HOST || d.identities.contains_key(&id) || d.cidrs.values().any(|c| *c == id);
+    let known_rule = |rule: u32| rule == 0 || d.rules.contains_key(&rule);
+    for (k, v) in &d.policy.peers {
+        assert!(endpoint_ids.contains(&k.endpoint), "peer rules {k:?} of an unknown endpoint");
+        assert!(known_identity(k.identity), "peer rules {k:?} name identity {}, which nothing stands for", k.identity);
+        assert!(known_rule(v.rule), "peer rules {k:?} name rule {} of {}", v.rule, d.rules.len());
+    }
+    let peer_bits = |k: &netpol_common::PolicyKey| {
+        let peer = netpol_common::PeerKey { endpoint: k.endpoint, identity: k.identity, direction: k.direction, _pad: 0, _pad2: 0 };
+        let rules = d.policy.peers.get(&peer).unwrap_or_else(|| panic!("entry {k:?} has no peer rules to send lookups to it"));
+        (rules.ports, rules.ranges, netpol_common::proto_bit(k.protocol))
+    };
+    for (k, v) in &d.policy.ports {
+        let (ports, _, bit) = peer_bits(k);
+        assert!(ports & bit != 0, "port entry {k:?}: its peer rules send no port lookups for its protocol");
+        assert!(known_rule(v.rule), "port entry {k:?} names rule {} of {}", v.rule, d.rules.len());
+    }
+    for (k, v) in &d.policy.ranges {
+        let (_, ranges, bit) = peer_bits(&k.key);
+        assert!(ranges & bit != 0, "range entry {k:?}: its peer rules send no range lookups for its protocol");
+        assert!(k.prefix_len > POLICY_PREFIX_PEER + 8 && k.prefix_len < POLICY_PREFIX_PEER + 24, "range entry {k:?} is a port prefix");
         // Bits beyond the prefix are zero: one LPM entry has exactly one key.
-        let port_bits = k.prefix_len.saturating_sub(80);
+        let port_bits = k.prefix_len - 80;
         let mask: u16 = if port_bits == 0 { 0 } else { u16::MAX << (16 - port_bits) };
         assert_eq!(u16::from_be(k.key.port_be) & !mask, 0, "entry {k:?} has port bits beyond its prefix");
-        if k.prefix_len == POLICY_PREFIX_PEER {
-            assert_eq!(k.key.protocol, 0, "entry {k:?} has a protocol beyond its prefix");
-        }
-        assert!(v.rule == 0 || d.rules.contains_key(&v.rule), "entry {k:?} names rule {} of {}", v.rule, d.rules.len());
+        assert!(known_rule(v.rule), "range entry {k:?} names rule {} of {}", v.rule, d.rules.len());
     }
     for id in d.ipcache.values() {
         assert!(*id == IDENTITY_HOST || d.identities.contains_key(id), "ipcache identity {id} stands for nothing");
@@ -617,7 +627,7 @@ spec:
     );
     let net = c.compile();
     assert_eq!(net.isolation("a/x"), (false, true));
-    assert!(net.desired.policy.keys().all(|k| k.key.direction == DIR_EGRESS), "no ingress entries are written");
+    assert!(net.desired.policy.peers.keys().all(|k| k.direction == DIR_EGRESS), "no ingress entries are written");
     net.expect(
         "a/x",
         &[(IN, "b/x", TCP, 80, ALLOW), (IN, OUTSIDE, TCP, 80, ALLOW), (OUT, "a/y", TCP, 80, ALLOW), (OUT, "b/x", TCP, 80, DENY)],
@@ -640,7 +650,7 @@ spec:
     );
     let net = c.compile();
     assert_eq!(net.isolation("a/x"), (true, false));
-    assert!(net.desired.policy.keys().all(|k| k.key.direction == DIR_INGRESS), "no egress entries are written");
+    assert!(net.desired.policy.peers.keys().all(|k| k.direction == DIR_INGRESS), "no egress entries are written");
     net.expect(
         "a/x",
         &[(IN, "a/y", TCP, 80, ALLOW), (IN, "b/x", TCP, 80, DENY), (OUT, "b/x", TCP, 80, ALLOW), (OUT, OUTSIDE, TCP, 80, ALLOW)],
@@ -1697,8 +1707,8 @@ fn a_policy_change_rewrites_only_the_entries_of_the_endpoints_it_selects() {
     let before = busy_cluster();
     let mut compiler = Compiler::new();
     let old = before.compile_with(&mut compiler);
-    let old_y: Vec<_> = old.desired.entries_of(old.endpoint("a/y").id).map(|(k, v)| (*k, *v)).collect();
-    let old_z: Vec<_> = old.desired.entries_of(old.endpoint("b/z").id).map(|(k, v)| (*k, *v)).collect();
+    let old_y: Vec<String> = old.desired.policy.of_endpoint(old.endpoint("a/y").id).map(|e| format!("{e:?}")).collect();
+    let old_z: Vec<String> = old.desired.policy.of_endpoint(old.endpoint("b/z").id).map(|e| format!("{e:?}")).collect();
 
     // A policy (named to sort first) that selects only a/x, the first local pod.
     let after = before.clone().with_policy(
@@ -1711,18 +1721,20 @@ spec:
 ",
     );
     let new = after.compile_with(&mut compiler);
-    let new_y: Vec<_> = new.desired.entries_of(new.endpoint("a/y").id).map(|(k, v)| (*k, *v)).collect();
-    let new_z: Vec<_> = new.desired.entries_of(new.endpoint("b/z").id).map(|(k, v)| (*k, *v)).collect();
+    let new_y: Vec<String> = new.desired.policy.of_endpoint(new.endpoint("a/y").id).map(|e| format!("{e:?}")).collect();
+    let new_z: Vec<String> = new.desired.policy.of_endpoint(new.endpoint("b/z").id).map(|e| format!("{e:?}")).collect();
     assert_eq!(new_y, old_y, "a/y's entries (keys and values, rule ids included) are untouched");
     assert_eq!(new_z, old_z, "b/z's entries are untouched");
     assert!(new.entries("a/x") > old.entries("a/x"));
     new.expect("a/x", &[(IN, "a/w", UDP, 5, ALLOW)]);
     // Every entry still names the rule that wrote it.
-    for (k, v) in &new.desired.policy {
-        if v.rule != 0 {
-            let r = &new.desired.rules[&v.rule];
-            let dir = if k.key.direction == DIR_INGRESS { IN } else { OUT };
-            assert_eq!(r.direction, dir, "entry {k:?} names {r:?}");
+    let p = &new.desired.policy;
+    let named = p.peers.iter().map(|(k, v)| (k.direction, v.rule)).chain(p.ports.iter().map(|(k, v)| (k.direction, v.rule))).chain(p.ranges.iter().map(|(k, v)| (k.key.direction, v.rule)));
+    for (direction, rule) in named {
+        if rule != 0 {
+            let r = &new.desired.rules[&rule];
+            let dir = if direction == DIR_INGRESS { IN } else { OUT };
+            assert_eq!(r.direction, dir, "an entry of direction {direction} names {r:?}");
         }
     }
 }
@@ -2175,7 +2187,7 @@ fn rule_ids_of_removed_policies_are_freed_and_reused_so_the_table_stays_small() 
         let d = cluster().with_policy(&deny(&format!("p{i}"))).compile_with(&mut compiler).desired;
         assert_eq!(d.rules.len(), 1, "only the live rule is in the table");
         let (id, rule) = d.rules.iter().next().expect("one rule");
-        assert_eq!(rule.policy, format!("a/p{i}"));
+        assert_eq!(rule.policy.to_string(), format!("a/p{i}"));
         // Freed at the end of the compile that no longer uses it, so ids alternate 1 and 2.
         assert!(*id <= 2, "freed ids are reused: id {id} at step {i}");
     }

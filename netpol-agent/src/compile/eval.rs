@@ -1,17 +1,15 @@
-//! The data path's decision for a new flow, evaluated in user space over compiled map contents
-//! ([`Desired`]), lookup for lookup as the classifier does it. Tests use it to check the
-//! compiler against truth tables without a kernel.
+//! The one evaluator of compiled maps: the data path's decision for a new flow, in user space,
+//! lookup for lookup as the classifier makes it (exact peer, CIDR region, ANY; then the kernel's
+//! policy maps, [`super::kernel::PolicyMaps::allows`]). `explain`, `lint`, `graph` and the
+//! differential tests all ask it, through [`allows`] on one node's [`Desired`] or through a
+//! [`Dataplane`] of every node that runs the pods of interest.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
 
 use netpol_common::{PolicyKey, IDENTITY_ANY};
 
-use crate::{
-    compile::{ip_key, Desired, Direction},
-    model::ObjectRef,
-    compile::kernel,
-
-};
+use super::{kernel::ip_key, CompileOptions, Compiler, Desired};
+use crate::model::{ClusterState, Direction, ObjectRef, Pod, PortSpec, Protocol};
 
 /// A new flow as one endpoint sees it.
 #[derive(Clone, Copy, Debug)]
@@ -34,16 +32,7 @@ pub fn peer_identities(desired: &Desired, peer: IpAddr) -> Vec<u32> {
     if let Some(id) = desired.ipcache.get(&key) {
         ids.push(*id);
     }
-    let region = desired
-        .cidrs
-        .iter()
-        .filter(|(k, _)| {
-            let n = k.prefix_len;
-            let mask = if n == 0 { 0 } else { u128::MAX << (128 - n) };
-            u128::from_be_bytes(k.addr.octets()) & mask == u128::from_be_bytes(key.octets()) & mask
-        })
-        .max_by_key(|(k, _)| k.prefix_len);
-    if let Some((_, id)) = region {
+    if let Some((_, id)) = desired.cidrs.iter().filter(|(k, _)| k.covers(&key)).max_by_key(|(k, _)| k.prefix_len) {
         ids.push(*id);
     }
     ids.push(IDENTITY_ANY);
@@ -54,15 +43,6 @@ pub fn peer_identities(desired: &Desired, peer: IpAddr) -> Vec<u32> {
 /// not a local endpoint.
 pub fn allows(desired: &Desired, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
     let ep = desired.endpoints.get(pod)?;
-    // The endpoint's entries split as the kernel's maps hold them, looked up as the classifier does.
-    let entries = desired.entries_of(ep.id).map(|(k, v)| (*k, *v)).collect();
-    allows_in(desired, &kernel::policy_maps(&entries), pod, flow)
-}
-
-/// [`allows`] with the policy entries already split as the kernel holds them
-/// (`kernel::policy_maps(&desired.policy)`, made once for many questions).
-pub fn allows_in(desired: &Desired, maps: &kernel::PolicyMaps, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
-    let ep = desired.endpoints.get(pod)?;
     let isolated = match flow.direction {
         Direction::Ingress => ep.ingress_isolated,
         Direction::Egress => ep.egress_isolated,
@@ -71,13 +51,97 @@ pub fn allows_in(desired: &Desired, maps: &kernel::PolicyMaps, pod: &ObjectRef, 
         return Some(true);
     }
     Some(peer_identities(desired, flow.peer).into_iter().any(|identity| {
-        let probe = PolicyKey {
-            endpoint: ep.id,
-            identity,
-            direction: flow.direction.number(),
-            protocol: flow.protocol,
-            port_be: flow.port.to_be(),
-        };
-        kernel::allows(maps, &probe)
+        let probe = PolicyKey { endpoint: ep.id, identity, direction: flow.direction.number(), protocol: flow.protocol, port_be: flow.port.to_be() };
+        desired.policy.allows(&probe)
     }))
+}
+
+/// The compiled maps of the nodes that run the pods of interest, asked flow by flow: the
+/// kernel's answer, offline. Pods without a node are compiled as if on a node of their own.
+#[derive(Clone, Debug, Default)]
+pub struct Dataplane {
+    /// Per node: the compiled state.
+    nodes: BTreeMap<String, Desired>,
+    node_of: BTreeMap<ObjectRef, String>,
+}
+
+/// The node name given to pods that have none, so that they can be compiled as local.
+const UNSCHEDULED: &str = "(unscheduled)";
+
+impl Dataplane {
+    /// Compiles every node that runs a pod.
+    pub fn compile(state: &ClusterState) -> Self {
+        let pods: Vec<&Pod> = state.pods.values().collect();
+        Self::compile_nodes(state, &pods)
+    }
+
+    /// Compiles the nodes that run `pods` (once per node).
+    pub fn compile_nodes(state: &ClusterState, pods: &[&Pod]) -> Self {
+        let state: Cow<'_, ClusterState> = if state.pods.values().any(|p| p.node.is_empty()) {
+            let mut s = state.clone();
+            for p in s.pods.values_mut().filter(|p| p.node.is_empty()) {
+                p.node = UNSCHEDULED.to_string();
+            }
+            Cow::Owned(s)
+        } else {
+            Cow::Borrowed(state)
+        };
+        let node = |p: &Pod| if p.node.is_empty() { UNSCHEDULED.to_string() } else { p.node.clone() };
+        let mut out = Self::default();
+        for pod in pods {
+            let n = node(pod);
+            if !out.nodes.contains_key(&n) {
+                let opts = CompileOptions { node: n.clone(), host_ips: Vec::new(), allow_host: false };
+                out.nodes.insert(n.clone(), Compiler::new().compile(&state, &opts));
+            }
+            out.node_of.insert(pod.id.clone(), n);
+        }
+        out
+    }
+
+    /// The verdict for `flow` at `pod`; `None` when `pod` was not compiled.
+    pub fn allows(&self, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
+        allows(self.nodes.get(self.node_of.get(pod)?)?, pod, flow)
+    }
+
+    /// The verdict for `protocol` and `port` at `pod` (no port: every port of the protocol,
+    /// judged at every port where some rule's answer can change).
+    pub fn allows_port(&self, state: &ClusterState, pod: &ObjectRef, direction: Direction, peer: IpAddr, protocol: Protocol, port: Option<u16>) -> Option<bool> {
+        let flow = |p: u16| Flow { direction, peer, protocol: protocol.number(), port: p };
+        match port {
+            Some(p) => self.allows(pod, &flow(p)),
+            None => {
+                let mut all = true;
+                for p in port_breakpoints(state) {
+                    all &= self.allows(pod, &flow(p))?;
+                }
+                Some(all)
+            }
+        }
+    }
+}
+
+/// Every port where a verdict can change, so that checking them all checks every port.
+fn port_breakpoints(state: &ClusterState) -> Vec<u16> {
+    let mut points = vec![1, u16::MAX];
+    let mut add = |lo: u16, hi: u16| {
+        points.extend([lo.saturating_sub(1).max(1), lo, hi, hi.saturating_add(1)]);
+    };
+    for policy in state.policies.values() {
+        for rule in policy.ingress.iter().chain(&policy.egress) {
+            for pm in &rule.ports {
+                if let PortSpec::Range(lo, hi) = pm.port {
+                    add(lo, hi);
+                }
+            }
+        }
+    }
+    for pod in state.pods.values() {
+        for np in &pod.named_ports {
+            add(np.port, np.port);
+        }
+    }
+    points.sort_unstable();
+    points.dedup();
+    points
 }

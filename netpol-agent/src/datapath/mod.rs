@@ -33,8 +33,7 @@ pub mod map_count;
 pub mod netlink;
 
 use crate::{
-    compile::{CidrKey, Desired, EndpointPlan, PolicyEntryKey},
-    compile::kernel::policy_maps,
+    compile::{kernel::CidrKey, Desired, EndpointPlan, kernel::PolicyEntryKey},
 
 };
 
@@ -492,7 +491,7 @@ impl Datapath {
 
         // 1. New and changed policy entries (ports and ranges before the peer rules that send
         // lookups to them), regions and identities.
-        let kernel = policy_maps(&desired.policy);
+        let kernel = &desired.policy;
         upsert(&mut self.cur_port_rules, &kernel.ports, "port rule", &mut stats, |k, v| self.port_rules.insert(k, v, 0));
         upsert(&mut self.cur_policy, &kernel.ranges, "port range entry", &mut stats, |k, v| {
             self.policy.insert(&Key::new(k.prefix_len, k.key), v, 0)
@@ -961,12 +960,18 @@ pub fn endpoint_info(plan: &EndpointPlan, generation: u32, slot: u32) -> Endpoin
 }
 
 /// A fingerprint of the endpoint's own part of its verdicts: its isolation and policy entries
-/// (the peers' identities are checked separately, for all endpoints at once).
+/// (the peers' identities are checked separately, for all endpoints at once). Rule ids are left
+/// out: they name what allowed a flow, they do not change whether it is.
 fn fingerprint(desired: &Desired, plan: &EndpointPlan) -> u64 {
+    use crate::compile::kernel::EndpointEntry;
     let mut h = DefaultHasher::new();
     (plan.ingress_isolated, plan.egress_isolated).hash(&mut h);
-    for (k, v) in desired.entries_of(plan.id) {
-        (k.prefix_len, k.key, v.action, v.tier).hash(&mut h);
+    for entry in desired.policy.of_endpoint(plan.id) {
+        match entry {
+            EndpointEntry::Peer(k, v) => (0u8, k, v.any, v.all_ports, v.ports, v.ranges).hash(&mut h),
+            EndpointEntry::Port(k, v) => (1u8, k, v.action, v.tier).hash(&mut h),
+            EndpointEntry::Range(k, v) => (2u8, k.prefix_len, k.key, v.action, v.tier).hash(&mut h),
+        }
     }
     h.finish()
 }

@@ -3,7 +3,10 @@
 //! server's defaulting and validation applied. A policy that fails validation is reported as a
 //! [`Problem`] and left out; everything else is kept.
 
+pub mod convert;
 pub mod selector;
+
+pub use convert::{namespace_from_k8s, pod_from_k8s, policy_from_k8s};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,15 +15,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use k8s_openapi::{
-    api::{
-        core::v1::{Namespace as K8sNamespace, Pod as K8sPod},
-        networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
-    },
-    apimachinery::pkg::util::intstr::IntOrString,
-};
+use netpol_common::{DIR_EGRESS, DIR_INGRESS, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::model::selector::{Labels, Selector};
+use selector::{Labels, Selector};
 
 /// The label the API server puts on every namespace, with the namespace's name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -47,6 +44,60 @@ impl fmt::Display for ObjectRef {
     }
 }
 
+/// A policy direction, as the API names its rule lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Direction {
+    /// Traffic into the selected pod (`ingress` rules, `from` peers).
+    Ingress,
+    /// Traffic out of the selected pod (`egress` rules, `to` peers).
+    Egress,
+}
+
+impl Direction {
+    /// Both directions, ingress first.
+    pub const BOTH: [Self; 2] = [Self::Ingress, Self::Egress];
+
+    /// The data path's direction number (`netpol_common::DIR_*`).
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Ingress => DIR_INGRESS,
+            Self::Egress => DIR_EGRESS,
+        }
+    }
+
+    /// The direction of a data-path direction number (anything but ingress is egress).
+    pub fn from_number(n: u8) -> Self {
+        if n == DIR_INGRESS {
+            Self::Ingress
+        } else {
+            Self::Egress
+        }
+    }
+
+    /// The name of a rule's peer list in this direction: `from` or `to`.
+    pub fn peers_field(self) -> &'static str {
+        match self {
+            Self::Ingress => "from",
+            Self::Egress => "to",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    /// `ingress` or `egress`, as the API's field names.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        })
+    }
+}
+
+/// A protocol name a policy may not use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?} (TCP, UDP or SCTP)")]
+pub struct UnknownProtocol(pub String);
+
 /// L4 protocols a NetworkPolicy port can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -59,22 +110,25 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Every protocol a policy can name.
+    pub const ALL: [Self; 3] = [Self::Tcp, Self::Udp, Self::Sctp];
+
     /// Parses the API's protocol name; `None` (absent) is TCP.
-    pub fn parse(s: Option<&str>) -> Result<Self, String> {
+    pub fn parse(s: Option<&str>) -> Result<Self, UnknownProtocol> {
         match s {
             None | Some("TCP") => Ok(Self::Tcp),
             Some("UDP") => Ok(Self::Udp),
             Some("SCTP") => Ok(Self::Sctp),
-            Some(other) => Err(format!("unknown protocol {other:?} (TCP, UDP or SCTP)")),
+            Some(other) => Err(UnknownProtocol(other.to_string())),
         }
     }
 
     /// The IP protocol number.
     pub fn number(self) -> u8 {
         match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Sctp => 132,
+            Self::Tcp => IPPROTO_TCP,
+            Self::Udp => IPPROTO_UDP,
+            Self::Sctp => IPPROTO_SCTP,
         }
     }
 }
@@ -141,6 +195,30 @@ pub struct Policy {
     pub egress: Vec<Rule>,
 }
 
+impl Policy {
+    /// Whether the policy isolates the pods it selects in `direction` (its `policyTypes`, after
+    /// defaulting).
+    pub fn isolates(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Ingress => self.isolates_ingress,
+            Direction::Egress => self.isolates_egress,
+        }
+    }
+
+    /// The rules of `direction`.
+    pub fn rules(&self, direction: Direction) -> &[Rule] {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// Whether the policy selects `pod`: a pod of its namespace its podSelector matches.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        self.id.namespace == pod.id.namespace && self.pod_selector.matches(&pod.labels)
+    }
+}
+
 /// One ingress or egress rule: traffic matching any peer AND any port is allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -148,6 +226,21 @@ pub struct Rule {
     pub peers: Vec<Peer>,
     /// Ports. Empty means every port and protocol.
     pub ports: Vec<PortMatch>,
+}
+
+impl Rule {
+    /// The rule's ipBlock peers: (cidr, except).
+    pub fn ip_blocks(&self) -> impl Iterator<Item = (&IpNet, &[IpNet])> {
+        self.peers.iter().filter_map(|p| match p {
+            Peer::IpBlock { cidr, except } => Some((cidr, except.as_slice())),
+            Peer::Pods { .. } => None,
+        })
+    }
+
+    /// Whether one of the rule's ports is a named port.
+    pub fn has_named_port(&self) -> bool {
+        self.ports.iter().any(|p| matches!(p.port, PortSpec::Named(_)))
+    }
 }
 
 /// A rule peer.
@@ -233,6 +326,11 @@ impl ClusterState {
         }
     }
 
+    /// The policies that select `pod`, in name order.
+    pub fn policies_selecting<'a>(&'a self, pod: &'a Pod) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.values().filter(move |p| p.selects(pod))
+    }
+
     /// The labels of a namespace; a namespace the snapshot does not hold has only its name label.
     pub fn namespace_labels(&self, name: &str) -> Labels {
         self.namespaces.get(name).map_or_else(
@@ -240,211 +338,4 @@ impl ClusterState {
             |n| n.labels.clone(),
         )
     }
-}
-
-/// Converts a Namespace, adding the name label as the API server does.
-pub fn namespace_from_k8s(ns: &K8sNamespace) -> Result<Namespace, Problem> {
-    let name = ns.metadata.name.clone().ok_or_else(|| Problem { object: "Namespace".into(), reason: "no metadata.name".into() })?;
-    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-    labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
-    Ok(Namespace { name, labels })
-}
-
-/// Converts a Pod. `Ok(None)` for pods that take no part in policy: host-network pods and pods
-/// that have finished. A pod without IPs yet comes back with none ([`ClusterState::insert_pod`]
-/// keeps it apart).
-pub fn pod_from_k8s(pod: &K8sPod, default_namespace: &str) -> Result<Option<Pod>, Problem> {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| default_namespace.to_string());
-    let name = pod.metadata.name.clone().ok_or_else(|| Problem { object: format!("Pod {namespace}/?"), reason: "no metadata.name".into() })?;
-    let id = ObjectRef::new(namespace, name);
-    let problem = |reason: String| Problem { object: format!("Pod {id}"), reason };
-    let spec = pod.spec.as_ref();
-    if spec.and_then(|s| s.host_network).unwrap_or(false) {
-        return Ok(None);
-    }
-    let status = pod.status.as_ref();
-    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
-        return Ok(None);
-    }
-    let mut ips = Vec::new();
-    for s in status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten() {
-        ips.push(s.ip.parse::<IpAddr>().map_err(|e| problem(format!("status.podIPs {:?}: {e}", s.ip)))?);
-    }
-    if let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()) {
-        let ip = ip.parse::<IpAddr>().map_err(|e| problem(format!("status.podIP {ip:?}: {e}")))?;
-        if !ips.contains(&ip) {
-            ips.insert(0, ip);
-        }
-    }
-    let mut named_ports = Vec::new();
-    for c in spec.map(|s| s.containers.iter()).into_iter().flatten() {
-        for p in c.ports.iter().flatten() {
-            if let Some(name) = &p.name {
-                let protocol = Protocol::parse(p.protocol.as_deref()).map_err(|e| problem(format!("container port {name}: {e}")))?;
-                let port = u16::try_from(p.container_port)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| problem(format!("container port {name}: {} is not a port", p.container_port)))?;
-                named_ports.push(NamedPort { name: name.clone(), protocol, port });
-            }
-        }
-    }
-    named_ports.sort();
-    named_ports.dedup();
-    Ok(Some(Pod {
-        id,
-        node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-        ips,
-        named_ports,
-    }))
-}
-
-/// Converts and validates a NetworkPolicy, applying the API server's `policyTypes` default:
-/// Ingress always, and Egress when the policy has egress rules.
-pub fn policy_from_k8s(np: &NetworkPolicy, default_namespace: &str) -> Result<Policy, Problem> {
-    let namespace = np.metadata.namespace.clone().unwrap_or_else(|| default_namespace.to_string());
-    let name = np.metadata.name.clone().ok_or_else(|| Problem {
-        object: format!("NetworkPolicy {namespace}/?"),
-        reason: "no metadata.name".into(),
-    })?;
-    let id = ObjectRef::new(namespace, name);
-    let problem = |reason: String| Problem { object: format!("NetworkPolicy {id}"), reason };
-    let spec = np.spec.clone().unwrap_or_default();
-    let pod_selector = match &spec.pod_selector {
-        Some(s) => Selector::parse(s).map_err(|e| problem(format!("spec.podSelector: {e}")))?,
-        None => Selector::everything(),
-    };
-    let (isolates_ingress, isolates_egress) = match &spec.policy_types {
-        Some(types) if !types.is_empty() => {
-            let mut ingress = false;
-            let mut egress = false;
-            for t in types {
-                match t.as_str() {
-                    "Ingress" => ingress = true,
-                    "Egress" => egress = true,
-                    other => return Err(problem(format!("spec.policyTypes: unknown type {other:?} (Ingress or Egress)"))),
-                }
-            }
-            (ingress, egress)
-        }
-        _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
-    };
-    let mut ingress = Vec::new();
-    for (i, r) in spec.ingress.iter().flatten().enumerate() {
-        let at = format!("spec.ingress[{i}]");
-        ingress.push(Rule {
-            peers: peers(r.from.as_deref().unwrap_or_default(), &format!("{at}.from")).map_err(problem)?,
-            ports: ports(r.ports.as_deref().unwrap_or_default(), &format!("{at}.ports")).map_err(problem)?,
-        });
-    }
-    let mut egress = Vec::new();
-    for (i, r) in spec.egress.iter().flatten().enumerate() {
-        let at = format!("spec.egress[{i}]");
-        egress.push(Rule {
-            peers: peers(r.to.as_deref().unwrap_or_default(), &format!("{at}.to")).map_err(problem)?,
-            ports: ports(r.ports.as_deref().unwrap_or_default(), &format!("{at}.ports")).map_err(problem)?,
-        });
-    }
-    Ok(Policy { id, pod_selector, isolates_ingress, isolates_egress, ingress, egress })
-}
-
-fn peers(list: &[NetworkPolicyPeer], at: &str) -> Result<Vec<Peer>, String> {
-    list.iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let at = format!("{at}[{i}]");
-            match (&p.ip_block, &p.namespace_selector, &p.pod_selector) {
-                (Some(block), None, None) => {
-                    let cidr = parse_cidr(&block.cidr).map_err(|e| format!("{at}.ipBlock.cidr: {e}"))?;
-                    let mut except = Vec::new();
-                    for (j, e) in block.except.iter().flatten().enumerate() {
-                        let net = parse_cidr(e).map_err(|err| format!("{at}.ipBlock.except[{j}]: {err}"))?;
-                        if !cidr.contains(&net) || net.prefix_len() <= cidr.prefix_len() && net != cidr {
-                            return Err(format!("{at}.ipBlock.except[{j}]: {e} is not inside {}", block.cidr));
-                        }
-                        if net == cidr {
-                            return Err(format!("{at}.ipBlock.except[{j}]: {e} must be strictly inside {}", block.cidr));
-                        }
-                        except.push(net);
-                    }
-                    Ok(Peer::IpBlock { cidr, except })
-                }
-                (Some(_), _, _) => Err(format!("{at}: ipBlock cannot be combined with a selector")),
-                (None, None, None) => Err(format!("{at}: a peer needs podSelector, namespaceSelector or ipBlock")),
-                (None, ns, pods) => Ok(Peer::Pods {
-                    namespaces: ns
-                        .as_ref()
-                        .map(Selector::parse)
-                        .transpose()
-                        .map_err(|e| format!("{at}.namespaceSelector: {e}"))?,
-                    pods: pods
-                        .as_ref()
-                        .map(Selector::parse)
-                        .transpose()
-                        .map_err(|e| format!("{at}.podSelector: {e}"))?
-                        .unwrap_or_default(),
-                }),
-            }
-        })
-        .collect()
-}
-
-/// Parses a CIDR as the API requires it: an address and a prefix length, host bits zero.
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let net: IpNet = s.parse().map_err(|_| format!("{s:?} is not a CIDR"))?;
-    if net.trunc() != net {
-        return Err(format!("{s:?} has host bits set (did you mean {}?)", net.trunc()));
-    }
-    // The maps store IPv4 as IPv4-mapped IPv6, so such a block would match IPv4 peers while
-    // being an IPv6 block; the API's strict CIDR validation rejects it too.
-    if let IpNet::V6(v6) = net {
-        if v6.prefix_len() >= 96 && v6.network().to_ipv4_mapped().is_some() {
-            return Err(format!("{s:?} is an IPv4-mapped IPv6 CIDR; write it as an IPv4 CIDR"));
-        }
-    }
-    Ok(net)
-}
-
-fn ports(list: &[NetworkPolicyPort], at: &str) -> Result<Vec<PortMatch>, String> {
-    list.iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let at = format!("{at}[{i}]");
-            let protocol = Protocol::parse(p.protocol.as_deref()).map_err(|e| format!("{at}.protocol: {e}"))?;
-            let port = match (&p.port, p.end_port) {
-                (None, None) => PortSpec::All,
-                (None, Some(_)) => return Err(format!("{at}.endPort: needs a numeric port")),
-                (Some(IntOrString::String(name)), None) => {
-                    if let Ok(n) = name.parse::<u16>() {
-                        return Err(format!("{at}.port: {n:?} is a string; write the number without quotes"));
-                    }
-                    if name.is_empty() {
-                        return Err(format!("{at}.port: empty port name"));
-                    }
-                    PortSpec::Named(name.clone())
-                }
-                (Some(IntOrString::String(_)), Some(_)) => return Err(format!("{at}.endPort: needs a numeric port, not a named one")),
-                (Some(IntOrString::Int(n)), end) => {
-                    let start = port_number(*n).ok_or_else(|| format!("{at}.port: {n} is not in 1-65535"))?;
-                    let end = match end {
-                        None => start,
-                        Some(e) => {
-                            let e = port_number(e).ok_or_else(|| format!("{at}.endPort: {e} is not in 1-65535"))?;
-                            if e < start {
-                                return Err(format!("{at}.endPort: {e} is below port {start}"));
-                            }
-                            e
-                        }
-                    };
-                    PortSpec::Range(start, end)
-                }
-            };
-            Ok(PortMatch { protocol, port })
-        })
-        .collect()
-}
-
-fn port_number(n: i32) -> Option<u16> {
-    u16::try_from(n).ok().filter(|p| *p != 0)
 }

@@ -613,7 +613,7 @@ fn policy_hits(datapath: &Datapath, rules: &BTreeMap<u32, crate::compile::RuleRe
     for (id, rule) in rules {
         let Ok(n) = datapath.rule_hits(*id) else { continue };
         if n > 0 {
-            let direction = if rule.direction == crate::compile::Direction::Ingress { "ingress" } else { "egress" };
+            let direction = if rule.direction == crate::model::Direction::Ingress { "ingress" } else { "egress" };
             *out.entry(format!("{} {direction}[{}]", rule.policy, rule.index)).or_default() += n;
         }
     }

@@ -27,7 +27,7 @@ use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracing::{debug, warn};
 
 use crate::{
-    compile::{Desired, Direction, RuleRef},
+    compile::{Desired, RuleRef}, model::Direction,
     model::{ClusterState, ObjectRef},
 
 };
@@ -283,7 +283,7 @@ impl Names {
             protocol: protocol_name(ev.protocol, ev.ipv6 != 0, parsed),
             source: self.end(src_ip, src_port),
             destination: self.end(dst_ip, dst_port),
-            policy: rule.map(|r| r.policy.clone()),
+            policy: rule.map(|r| r.policy.to_string()),
             rule: rule.map(|r| format!("{}[{}]", if r.direction == Direction::Ingress { "ingress" } else { "egress" }, r.index)),
             suppressed: ev.suppressed,
         }
@@ -507,7 +507,7 @@ mod tests {
         Names {
             endpoints: HashMap::from([(7, a.clone())]),
             ips: HashMap::from([("198.18.0.2".parse().unwrap(), a), ("198.18.0.3".parse().unwrap(), b)]),
-            rules: [(1, RuleRef { policy: "shop/db-from-frontend".into(), direction: Direction::Ingress, index: 1 })].into(),
+            rules: [(1, RuleRef { policy: ObjectRef::new("shop", "db-from-frontend"), direction: Direction::Ingress, index: 1 })].into(),
         }
     }
 

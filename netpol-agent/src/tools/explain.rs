@@ -6,15 +6,14 @@
 //! the model: every policy that selects the pod, every rule of the direction, whether its peers
 //! and its ports match the other end. Tests hold the two readings to the same answer.
 
-use std::{borrow::Cow, collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use crate::{
-    compile::cidr,
-    compile::{CompileOptions, Compiler, Desired, Direction},
-    compile::eval::{self, Flow},
-    model::{ClusterState, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule},
-    model::selector::{Requirement, Selector},
-
+    compile::{cidr, eval::Dataplane},
+    model::{
+        selector::{Requirement, Selector},
+        ClusterState, Direction, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
+    },
 };
 
 /// What went wrong before a flow could be explained.
@@ -72,7 +71,7 @@ impl FromStr for PortQuery {
     /// `80` (TCP), `53/UDP`, `8080/tcp`, or a protocol alone: `UDP`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| ExplainError::BadPort(s.to_string(), why.to_string());
-        let protocol = |p: &str| Protocol::parse(Some(&p.to_ascii_uppercase())).map_err(|e| bad(&e));
+        let protocol = |p: &str| Protocol::parse(Some(&p.to_ascii_uppercase())).map_err(|e| bad(&e.to_string()));
         let number =
             |n: &str| n.parse::<u16>().ok().filter(|n| *n != 0).ok_or_else(|| bad("the port must be a number in 1-65535 (named ports are not supported)"));
         match s.split_once('/') {
@@ -222,99 +221,6 @@ fn addresses(src: &Named<'_>, dst: &Named<'_>) -> Result<(IpAddr, IpAddr), Expla
         .ok_or_else(|| ExplainError::NoCommonFamily(src.name.clone(), dst.name.clone()))
 }
 
-/// The compiled maps of the nodes that run the pods of interest, asked flow by flow: the
-/// kernel's answer, offline. Pods without a node are compiled as if on a node of their own.
-#[derive(Clone, Debug, Default)]
-pub struct Dataplane {
-    /// Per node: the compiled state and its policy entries split as the kernel holds them.
-    nodes: BTreeMap<String, (Desired, crate::compile::kernel::PolicyMaps)>,
-    node_of: BTreeMap<ObjectRef, String>,
-}
-
-/// The node name given to pods that have none, so that they can be compiled as local.
-const UNSCHEDULED: &str = "(unscheduled)";
-
-impl Dataplane {
-    /// Compiles every node that runs a pod.
-    pub fn compile(state: &ClusterState) -> Self {
-        let pods: Vec<&Pod> = state.pods.values().collect();
-        Self::compile_nodes(state, &pods)
-    }
-
-    /// Compiles the nodes that run `pods` (once per node).
-    pub fn compile_nodes(state: &ClusterState, pods: &[&Pod]) -> Self {
-        let state: Cow<'_, ClusterState> = if state.pods.values().any(|p| p.node.is_empty()) {
-            let mut s = state.clone();
-            for p in s.pods.values_mut().filter(|p| p.node.is_empty()) {
-                p.node = UNSCHEDULED.to_string();
-            }
-            Cow::Owned(s)
-        } else {
-            Cow::Borrowed(state)
-        };
-        let node = |p: &Pod| if p.node.is_empty() { UNSCHEDULED.to_string() } else { p.node.clone() };
-        let mut out = Self::default();
-        for pod in pods {
-            let n = node(pod);
-            if !out.nodes.contains_key(&n) {
-                let opts = CompileOptions { node: n.clone(), host_ips: Vec::new(), allow_host: false };
-                let desired = Compiler::new().compile(&state, &opts);
-                let maps = crate::compile::kernel::policy_maps(&desired.policy);
-                out.nodes.insert(n.clone(), (desired, maps));
-            }
-            out.node_of.insert(pod.id.clone(), n);
-        }
-        out
-    }
-
-    /// The verdict for `flow` at `pod`; `None` when `pod` was not compiled.
-    pub fn allows(&self, pod: &ObjectRef, flow: &Flow) -> Option<bool> {
-        let (desired, maps) = self.nodes.get(self.node_of.get(pod)?)?;
-        eval::allows_in(desired, maps, pod, flow)
-    }
-
-    /// The verdict for `port` at `pod` (a protocol alone: every port of the protocol, judged
-    /// at every port where some rule's answer can change).
-    pub fn allows_port(&self, state: &ClusterState, pod: &ObjectRef, direction: Direction, peer: IpAddr, port: PortQuery) -> Option<bool> {
-        let flow = |p: u16| Flow { direction, peer, protocol: port.protocol.number(), port: p };
-        match port.port {
-            Some(p) => self.allows(pod, &flow(p)),
-            None => {
-                let mut all = true;
-                for p in port_breakpoints(state) {
-                    all &= self.allows(pod, &flow(p))?;
-                }
-                Some(all)
-            }
-        }
-    }
-}
-
-/// Every port where a verdict can change, so that checking them all checks every port.
-fn port_breakpoints(state: &ClusterState) -> Vec<u16> {
-    let mut points = vec![1, u16::MAX];
-    let mut add = |lo: u16, hi: u16| {
-        points.extend([lo.saturating_sub(1).max(1), lo, hi, hi.saturating_add(1)]);
-    };
-    for policy in state.policies.values() {
-        for rule in policy.ingress.iter().chain(&policy.egress) {
-            for pm in &rule.ports {
-                if let PortSpec::Range(lo, hi) = pm.port {
-                    add(lo, hi);
-                }
-            }
-        }
-    }
-    for pod in state.pods.values() {
-        for np in &pod.named_ports {
-            add(np.port, np.port);
-        }
-    }
-    points.sort_unstable();
-    points.dedup();
-    points
-}
-
 /// The explanation of one direction at `this` end, the other end being `other`.
 fn side(state: &ClusterState, dataplane: &Dataplane, direction: Direction, this: &End<'_>, other: &End<'_>, port: PortQuery) -> Side {
     let dir = direction_word(direction);
@@ -349,7 +255,7 @@ fn side(state: &ClusterState, dataplane: &Dataplane, direction: Direction, this:
             rules.push(RuleVerdict { policy: policy.id.to_string(), direction, index, matched, peer_matched: m.peer, port_matched: m.port, why });
         }
     }
-    let allowed = dataplane.allows_port(state, &pod.id, direction, other.ip, port).unwrap_or(true);
+    let allowed = dataplane.allows_port(state, &pod.id, direction, other.ip, port.protocol, port.port).unwrap_or(true);
     let mut side = Side { pod: Some(pod.id.to_string()), isolated, allowed, policies, rules, summary: String::new() };
     let isolating: Vec<String> = selecting.iter().filter(|p| isolates(p)).map(|p| p.id.to_string()).collect();
     side.summary = summary(&side, dir, &isolating, port.port.is_some());

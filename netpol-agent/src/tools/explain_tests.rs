@@ -5,10 +5,12 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::{
+    compile::{
+        eval::{self, Flow},
+        CompileOptions, Compiler,
+    },
+    model::{selector::Labels, NamedPort, Namespace, PortMatch, Rule, NAMESPACE_NAME_LABEL},
     source::manifests::{load_documents, Loaded},
-    model::{NamedPort, Namespace, Peer, PortMatch, PortSpec, Protocol, Rule, NAMESPACE_NAME_LABEL},
-    model::selector::Labels,
-
 };
 
 /// The three-tier example: an ingress controller, frontend, backend and database, kube-dns,

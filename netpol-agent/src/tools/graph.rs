@@ -13,9 +13,9 @@ use std::{
 };
 
 use crate::{
-    compile::Direction,
+    model::Direction,
     compile::eval::Flow,
-    tools::explain::Dataplane,
+    compile::eval::Dataplane,
     model::{ClusterState, Pod, PortSpec, Protocol},
 
 };
@@ -219,7 +219,7 @@ pub fn group_by(r: &Reachability, state: &ClusterState, label: &str) -> Reachabi
 }
 
 fn isolation(state: &ClusterState, pod: &Pod) -> (bool, bool) {
-    let selecting = crate::tools::explain::selecting_policies(state, pod);
+    let selecting = state.policies_selecting(pod).collect::<Vec<_>>();
     (selecting.iter().any(|p| p.isolates_ingress), selecting.iter().any(|p| p.isolates_egress))
 }
 

@@ -14,9 +14,10 @@ use std::{
 
 use crate::{
     compile::cidr,
-    compile::Direction,
+    model::Direction,
     compile::eval::Flow,
-    tools::explain::{selector_text, Dataplane},
+    tools::explain::selector_text,
+    compile::eval::Dataplane,
     source::manifests::{manifest_files, DEFAULT_NAMESPACE},
     model::{ClusterState, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Problem, Protocol, Rule, NAMESPACE_NAME_LABEL},
     model::selector::{Requirement, Selector},
@@ -509,7 +510,7 @@ impl<'a> Linter<'a> {
                         near_ok.iter().map(|(p, n)| format!("{n}/{p}")).collect::<Vec<_>>().join(", ")
                     };
                     blocked.push(format!("{} -> {} on {list}", src.id, dst.id));
-                    for p in crate::tools::explain::selecting_policies(self.state, other) {
+                    for p in self.state.policies_selecting(other).collect::<Vec<_>>() {
                         if if far_dir == Direction::Ingress { p.isolates_ingress } else { p.isolates_egress } {
                             far_isolating.insert(p.id.to_string());
                         }
@@ -603,7 +604,7 @@ impl<'a> Linter<'a> {
         let mut no_dns: BTreeMap<ObjectRef, Vec<String>> = BTreeMap::new();
         let mut udp_only: BTreeSet<(ObjectRef, String, &'static str)> = BTreeSet::new();
         for pod in self.state.pods.values() {
-            let egress: Vec<&Policy> = crate::tools::explain::selecting_policies(self.state, pod).into_iter().filter(|p| p.isolates_egress).collect();
+            let egress: Vec<&Policy> = self.state.policies_selecting(pod).filter(|p| p.isolates_egress).collect();
             if egress.is_empty() {
                 continue;
             }
