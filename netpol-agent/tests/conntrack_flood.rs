@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use aya::programs::{TestRun, TestRunOptions};
+use netpol_common::Reason;
 use netpol_agent::{
     compile::{CompileOptions, Compiler},
     datapath::{Datapath, PodInterface, PROG_FROM_POD, PROG_TO_POD},
@@ -133,12 +134,12 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
     let before = dp.counters().expect("counters");
     assert_eq!(run_on(&mut dp, &frame(a, [198, 18, 4, 0], 17, 1024, 53, false), false), ALLOW);
     let after = dp.counters().expect("counters");
-    let evicted = after["pass_deferred"] - before["pass_deferred"] == 1;
+    let evicted = after[&Reason::PassDeferred] - before[&Reason::PassDeferred] == 1;
     let last = total - 1;
     let newest = frame(a, [198, 18, 4, (last / 64_000) as u8], 17, 1024 + (last % 64_000) as u16, 53, false);
     assert_eq!(run_on(&mut dp, &newest, false), ALLOW);
     let after_newest = dp.counters().expect("counters");
-    let newest_tracked = after_newest["allow_established"] - after["allow_established"] == 1;
+    let newest_tracked = after_newest[&Reason::AllowEstablished] - after[&Reason::AllowEstablished] == 1;
     // A reply to the evicted first flow is dropped: ingress is isolated and nothing tracks it.
     let old_reply = frame([198, 18, 4, 1], a, 17, 53, 1024, false);
     let old_reply_verdict = run_on(&mut dp, &old_reply, true);
@@ -147,8 +148,8 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
     eprintln!("{total} new flows (CONNTRACK_MAX {}) in {elapsed:?}, {checks} checks during the flood", netpol_common::CONNTRACK_MAX);
     eprintln!("counters after the flood: {:?}", during.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>());
     eprintln!("oldest flood flow evicted: {evicted}; newest still tracked: {newest_tracked}; reply to an evicted flow: {}", if old_reply_verdict == ALLOW { "passed" } else { "dropped" });
-    assert!(during["pass_deferred"] >= total as u64, "every flood flow was a new flow, passed on to be judged after NAT");
-    assert_eq!(during["drop_no_rule"], 2 * checks as u64, "exactly the denied probes were dropped");
+    assert!(during[&Reason::PassDeferred] >= total as u64, "every flood flow was a new flow, passed on to be judged after NAT");
+    assert_eq!(during[&Reason::DropNoRule], 2 * checks as u64, "exactly the denied probes were dropped");
     assert!(evicted, "the map holds CONNTRACK_MAX flows: the oldest were evicted");
     assert!(newest_tracked, "the newest flows are tracked");
     assert_eq!(batched, walked, "the fill metric's batched count is the count of a walk key by key");

@@ -4,7 +4,7 @@
 /// Why the classifier let a packet pass or dropped it: the index of [`MAP_COUNTERS`](crate::MAP_COUNTERS), one list
 /// shared by kernel and user space.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
     /// Allowed: part of a tracked flow that was allowed, current generation.
     AllowEstablished = 0,

@@ -24,7 +24,10 @@ use aya::{
 };
 use netpol_common::{FLOW_CACHE_SIZE, MAP_FLOW_CACHE};
 
-use super::{DatapathError, Result, EBPF_OBJECT, PROG_EXIT, PROG_FROM_POD, PROG_NOOP, PROG_TO_POD};
+use super::{
+    error::{DatapathError, Result},
+    EBPF_OBJECT, PROG_EXIT, PROG_FROM_POD, PROG_NOOP, PROG_TO_POD,
+};
 
 /// Every program of the object, by name.
 pub const PROGRAMS: [&str; 4] = [PROG_FROM_POD, PROG_TO_POD, PROG_EXIT, PROG_NOOP];
@@ -220,6 +223,44 @@ fn remove_other_builds(pin_path: &Path) {
             }
         }
     }
+}
+
+/// The maps pinned under `pin_path` whose layout (type, key size, value size, capacity, flags)
+/// is not the one this build's programs were compiled for: (name, how it differs). Reusing such
+/// a map would make the verifier refuse the programs, or worse, make them read the wrong bytes.
+pub fn incompatible_pins(pin_path: &Path) -> Result<Vec<(String, String)>> {
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| DatapathError::Fs {
+        op: "parse the embedded eBPF object for",
+        path: pin_path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut out = Vec::new();
+    let mut names: Vec<&String> = obj.maps.keys().collect();
+    names.sort();
+    for name in names {
+        let want = &obj.maps[name];
+        if want.pinning() != aya_obj::maps::PinningType::ByName {
+            continue;
+        }
+        let path = pin_path.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = match aya::maps::MapInfo::from_pin(&path) {
+            Ok(info) => info,
+            Err(e) => {
+                out.push((name.clone(), format!("unreadable ({e})")));
+                continue;
+            }
+        };
+        let kind = info.map_type().map_or(u32::MAX, |t| t as u32);
+        let got = [kind, info.key_size(), info.value_size(), info.max_entries(), info.map_flags()];
+        let expected = [want.map_type(), want.key_size(), want.value_size(), want.max_entries(), want.map_flags()];
+        if got != expected {
+            out.push((name.clone(), format!("pinned (type, key, value, entries, flags) {got:?}, this build {expected:?}")));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

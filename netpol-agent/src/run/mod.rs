@@ -553,7 +553,7 @@ fn sync(
         .map(|(pod, iface)| (pod.to_string(), iface.name.clone()))
         .collect();
     status.problems.clone_from(&loaded.problems);
-    status.errors = stats.errors;
+    status.errors = stats.errors.iter().map(ToString::to_string).collect();
     status.packets = pod_counters(datapath, &interfaces);
     status.events = pod_event_counts(datapath, &interfaces);
     status.policy_hits = policy_hits(datapath, &desired.rules);
@@ -599,7 +599,7 @@ fn pod_event_counts(datapath: &Datapath, interfaces: &BTreeMap<ObjectRef, PodInt
     let mut out = BTreeMap::new();
     for (pod, iface) in interfaces {
         let Some(ep) = datapath.current_endpoints().get(&iface.ifindex) else { continue };
-        let Ok([sent, suppressed, lost]) = datapath.event_counts(ep.slot) else { continue };
+        let Ok(crate::datapath::EventCounts { sent, suppressed, lost }) = datapath.event_counts(ep.slot) else { continue };
         if sent + suppressed + lost > 0 {
             out.insert(pod.to_string(), BTreeMap::from([("sent", sent), ("suppressed", suppressed), ("lost", lost)]));
         }
