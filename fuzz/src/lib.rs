@@ -8,7 +8,7 @@
 //! - [`check_compiler`]: a small cluster built from the bytes (a few namespaces, pods with labels
 //!   from a tiny alphabet and addresses in 198.18.0.0/16 and fd00:198:18::/64, policies with
 //!   selectors, ipBlocks, ports, port ranges and named ports) through `Compiler::compile` and
-//!   `eval::allows`, against [`oracle`]: NetworkPolicy semantics written out directly, with no
+//!   `eval::allows`, against [`oracle`](netpol_testkit::spec::oracle) (the test kit's reading of the spec): NetworkPolicy semantics written out directly, with no
 //!   identities, regions or map entries. Also: a pod no policy selects is not isolated, policies
 //!   only add allows (compiling a subset of the policies allows no more), and a second
 //!   compilation with the same compiler (identities and ids already handed out) agrees too.
@@ -20,6 +20,7 @@ use std::{
 
 use arbitrary::Unstructured;
 use ipnet::IpNet;
+use netpol_testkit::spec::{isolated, oracle};
 use netpol_agent::{
     compile::{CompileOptions, Compiler}, model::Direction,
     compile::eval::{self, Flow},
@@ -231,109 +232,6 @@ pub fn cluster(u: &mut Unstructured<'_>) -> arbitrary::Result<ClusterState> {
 }
 
 /// The pod an address belongs to.
-fn pod_of(state: &ClusterState, ip: IpAddr) -> Option<&Pod> {
-    state.pods.values().find(|p| p.ips.contains(&ip))
-}
-
-fn in_block(ip: IpAddr, cidr: &IpNet, except: &[IpNet]) -> bool {
-    cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
-}
-
-/// Whether `peer` of a rule of `policy` matches address `ip`.
-fn peer_matches(state: &ClusterState, policy: &Policy, peer: &Peer, ip: IpAddr) -> bool {
-    match peer {
-        Peer::IpBlock { cidr, except } => in_block(ip, cidr, except),
-        Peer::Pods { namespaces, pods } => pod_of(state, ip).is_some_and(|q| {
-            let ns_ok = match namespaces {
-                None => q.id.namespace == policy.id.namespace,
-                Some(sel) => sel.matches(&state.namespace_labels(&q.id.namespace)),
-            };
-            ns_ok && pods.matches(&q.labels)
-        }),
-    }
-}
-
-/// What the oracle says: a flow is allowed, denied, or (egress to a named port of a pod reached
-/// only through an ipBlock, which the API leaves to implementations) either.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Verdict {
-    /// The narrow reading: a named port resolves only against pods selected by a pod peer (or
-    /// any pod, for a rule without peers).
-    pub strict: bool,
-    /// The broad reading: also against a pod whose address an ipBlock peer matches.
-    pub lenient: bool,
-}
-
-/// NetworkPolicy semantics for `flow` on pod `pod`, read straight off the API's definition.
-pub fn oracle(state: &ClusterState, pod: &Pod, flow: &Flow) -> Verdict {
-    let selecting: Vec<&Policy> =
-        state.policies.values().filter(|p| p.id.namespace == pod.id.namespace && p.pod_selector.matches(&pod.labels)).collect();
-    let isolating: Vec<&Policy> = selecting
-        .into_iter()
-        .filter(|p| match flow.direction {
-            Direction::Ingress => p.isolates_ingress,
-            Direction::Egress => p.isolates_egress,
-        })
-        .collect();
-    if isolating.is_empty() {
-        return Verdict { strict: true, lenient: true };
-    }
-    let peer_pod = pod_of(state, flow.peer);
-    let mut v = Verdict { strict: false, lenient: false };
-    for policy in isolating {
-        let rules = match flow.direction {
-            Direction::Ingress => &policy.ingress,
-            Direction::Egress => &policy.egress,
-        };
-        for rule in rules {
-            let by_pod_peer =
-                rule.peers.is_empty() || rule.peers.iter().any(|p| matches!(p, Peer::Pods { .. }) && peer_matches(state, policy, p, flow.peer));
-            let by_block = rule.peers.iter().any(|p| matches!(p, Peer::IpBlock { .. }) && peer_matches(state, policy, p, flow.peer));
-            if !by_pod_peer && !by_block {
-                continue;
-            }
-            let port_ok = |named_via_pod: bool| {
-                rule.ports.is_empty()
-                    || rule.ports.iter().any(|pm| {
-                        pm.protocol.number() == flow.protocol
-                            && match &pm.port {
-                                PortSpec::All => true,
-                                PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&flow.port),
-                                PortSpec::Named(name) => {
-                                    let owner = match flow.direction {
-                                        Direction::Ingress => Some(pod),
-                                        Direction::Egress if named_via_pod => peer_pod,
-                                        Direction::Egress => None,
-                                    };
-                                    owner.is_some_and(|o| {
-                                        o.named_ports.iter().any(|np| np.name == *name && np.protocol == pm.protocol && np.port == flow.port)
-                                    })
-                                }
-                            }
-                    })
-            };
-            if port_ok(by_pod_peer) {
-                v.strict = true;
-            }
-            if port_ok(true) {
-                v.lenient = true;
-            }
-        }
-    }
-    v
-}
-
-fn isolated(state: &ClusterState, pod: &Pod, direction: Direction) -> bool {
-    state.policies.values().any(|p| {
-        p.id.namespace == pod.id.namespace
-            && p.pod_selector.matches(&pod.labels)
-            && match direction {
-                Direction::Ingress => p.isolates_ingress,
-                Direction::Egress => p.isolates_egress,
-            }
-    })
-}
-
 /// Flows to probe: from bytes, with peers from the pool (pods' and other addresses).
 fn flows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<Flow>> {
     let mut out = Vec::new();
@@ -403,28 +301,5 @@ pub fn check_compiler(data: &[u8]) {
         if *allowed && isolated(&fewer, &fewer.pods[pod], flows[*i].direction) {
             assert_eq!(all.get(&(pod.clone(), *i)), Some(&true), "pod {pod} {:?}: allowed by fewer policies only", flows[*i]);
         }
-    }
-}
-
-/// A small deterministic generator (xorshift64*), for the tests' inputs.
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// `n` random bytes.
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
     }
 }

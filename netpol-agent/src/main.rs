@@ -266,7 +266,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("start tokio runtime")?;
-            runtime.block_on(agent::run(RunConfig {
+            Ok(runtime.block_on(agent::run(RunConfig {
                 source: manifests.map_or(agent::SourceConfig::Kube, agent::SourceConfig::Manifests),
                 node: node_name,
                 pin_path,
@@ -283,7 +283,7 @@ fn main() -> anyhow::Result<()> {
                 cni_bin_dir,
                 cni_conf_dir,
                 hold_new_interfaces: (hold_new_interfaces > 0).then(|| Duration::from_secs(hold_new_interfaces)),
-            }))
+            }))?)
         }
         Command::Cni => std::process::exit(netpol_agent::cni::plugin::main()),
         Command::Uninstall { pin_path, cni_conf_dir, cni_bin_dir, cni_socket, keep_running } => {
@@ -313,7 +313,7 @@ fn main() -> anyhow::Result<()> {
                 Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?.trim().to_string()),
                 None => None,
             };
-            netpol_agent::telemetry::observe::observe(&agent, token.as_deref(), &filter, output == "json", count)
+            Ok(netpol_agent::telemetry::observe::observe(&agent, token.as_deref(), &filter, output == "json", count)?)
         }
         Command::Graph { manifests, format, group_by } => graph(manifests.as_deref(), &format, group_by.as_deref()),
     }
@@ -380,7 +380,7 @@ fn read_cluster(manifests: Option<&std::path::Path>) -> anyhow::Result<netpol_ag
                 // off for minutes, as kube's default retry does for controllers.
                 config.default_retry = false;
                 let client = kube::Client::try_from(config).context("build the Kubernetes client")?;
-                netpol_agent::source::kube::list_snapshot(client).await
+                Ok::<_, anyhow::Error>(netpol_agent::source::kube::list_snapshot(client).await?)
             })
             .context("no --manifests: read the cluster from the Kubernetes API");
     };

@@ -4,214 +4,34 @@
 //! BPF_PROG_TEST_RUN runs a classifier on the loopback device, so the local pod under test is
 //! given ifindex 1 (`lo`) in the endpoint map; nothing is attached to any interface.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
-use aya::{
-    maps::{Map, MapData, ProgramArray},
-    programs::{TestRun, TestRunOptions},
-};
+use aya::maps::{Map, MapData, ProgramArray};
 use netpol_agent::{
     compile::{CompileOptions, Compiler},
-    datapath::{Datapath, PodInterface, PROG_EXIT, PROG_FROM_POD, PROG_TO_POD},
-    source::manifests,
+    datapath::{PodInterface, PROG_EXIT, PROG_FROM_POD, PROG_TO_POD},
     model::ObjectRef,
-
+    source::manifests,
 };
 
-mod support;
-
-use support::{PinDir, ALLOW, DROP};
-
-/// A loaded data path with a unique pin directory (declared after `dp`, so the maps are
-/// closed before the pins are removed).
-struct Fixture {
-    dp: Datapath,
-    _pin: PinDir,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use netpol_testkit::{
+    datapath::{DataPath, ALLOW, DROP},
+    frames::{self as frame, flow, ICMP, SCTP, TCP, UDP},
+};
 
 /// Loads the data path and programs `yaml` (namespaces, pods, policies) for pod `local`,
 /// which the classifier sees on ifindex 1.
-fn fixture(yaml: &str, local: (&str, &str)) -> Option<Fixture> {
+fn fixture(yaml: &str, local: (&str, &str)) -> Option<DataPath> {
     fixture_at(yaml, &[(local, 1)])
 }
 
 /// [`fixture`] with local pods on the given ifindexes (BPF_PROG_TEST_RUN runs on 1).
-fn fixture_at(yaml: &str, locals: &[((&str, &str), u32)]) -> Option<Fixture> {
-    if !is_root() {
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
-        return None;
-    }
-    static N: AtomicU32 = AtomicU32::new(0);
-    let pin = PinDir::new(&format!("netpol-classifier-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    let mut dp = Datapath::load(&pin.0).expect("the classifiers load and pass the verifier");
-    let mut loaded = manifests::Loaded::default();
-    manifests::load_documents(yaml, "test.yaml", &mut loaded, &mut Default::default());
-    assert!(loaded.problems.is_empty(), "fixture problems: {:?}", loaded.problems);
-    let desired = Compiler::new().compile(&loaded.state, &CompileOptions { node: "n1".into(), host_ips: vec![], allow_host: false });
-    let interfaces: BTreeMap<_, _> =
-        locals.iter().map(|((ns, name), ifindex)| (ObjectRef::new(*ns, *name), PodInterface { ifindex: *ifindex, name: format!("if{ifindex}") })).collect();
-    let stats = dp.apply_maps(&desired, &interfaces);
-    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
-    Some(Fixture { dp, _pin: pin })
+fn fixture_at(yaml: &str, locals: &[((&str, &str), u32)]) -> Option<DataPath> {
+    let mut f = DataPath::load("netpol-classifier-test")?;
+    f.program_yaml(yaml, locals);
+    Some(f)
 }
 
-impl Fixture {
-    fn run(&mut self, program: &str, frame: &[u8]) -> u32 {
-        let prog = self.dp.program(program).expect("program");
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
-    }
-
-    /// Runs a frame leaving the local pod (its egress policy).
-    fn leaving_pod(&mut self, frame: &[u8]) -> u32 {
-        self.run(PROG_FROM_POD, frame)
-    }
-
-    /// Runs a frame entering the local pod (its ingress policy).
-    fn entering_pod(&mut self, frame: &[u8]) -> u32 {
-        self.run(PROG_TO_POD, frame)
-    }
-
-    /// Runs `program` on a frame carrying packet mark `mark`; the verdict and the mark after.
-    fn run_marked(&mut self, program: &str, frame: &[u8], mark: u32) -> (u32, u32) {
-        // struct __sk_buff (192 bytes); BPF_PROG_TEST_RUN takes and gives back `mark` (offset 8).
-        let mut ctx_in = [0u8; 192];
-        ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
-        let mut ctx_out = [0u8; 192];
-        let prog = self.dp.program(program).expect("program");
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.ctx_in = Some(&ctx_in);
-        opts.ctx_out = Some(&mut ctx_out);
-        let verdict = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
-        (verdict, u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes")))
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        let counts = self.dp.counters().expect("counters");
-        counts.iter().find(|(r, _)| r.name() == name).map(|(_, n)| *n).unwrap_or_else(|| panic!("no reason {name}"))
-    }
-}
-
-/// Frame builders (checksums are not checked by the classifier).
-mod frame {
-    use std::net::IpAddr;
-
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const SCTP: u8 = 132;
-    pub const ICMP: u8 = 1;
-    pub const ICMPV6: u8 = 58;
-
-    fn eth(ethertype: u16) -> Vec<u8> {
-        let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        f
-    }
-
-    /// L4 header bytes for a protocol and ports (ICMP: type 8 echo with the port as id).
-    pub fn l4(proto: u8, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-        match proto {
-            TCP => {
-                let mut h = vec![0u8; 20];
-                h[..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[12] = 5 << 4;
-                h[13] = if syn { 0x02 } else { 0x10 };
-                h
-            }
-            UDP => {
-                let mut h = vec![0u8; 8];
-                h[..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..6].copy_from_slice(&8u16.to_be_bytes());
-                h
-            }
-            SCTP => {
-                // Common header (ports, verification tag, checksum) and an INIT chunk.
-                let mut h = vec![0u8; 12 + 20];
-                h[..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[12] = 1;
-                h[14..16].copy_from_slice(&20u16.to_be_bytes());
-                h
-            }
-            _ => {
-                let mut h = vec![0u8; 8];
-                h[0] = if proto == ICMPV6 { 128 } else { 8 };
-                h[4..6].copy_from_slice(&sport.to_be_bytes());
-                h
-            }
-        }
-    }
-
-    /// An IPv4 or IPv6 packet in an Ethernet frame.
-    pub fn ip(src: &str, dst: &str, proto: u8, payload: &[u8]) -> Vec<u8> {
-        let (src, dst): (IpAddr, IpAddr) = (src.parse().expect("src"), dst.parse().expect("dst"));
-        match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => ipv4(s.octets(), d.octets(), proto, 0, 0, payload),
-            (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s.octets(), d.octets(), proto, &[], payload),
-            _ => panic!("mixed families"),
-        }
-    }
-
-    /// IPv4 with explicit fragment fields (`frag`: flags and offset word, host order).
-    pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
-        let mut f = eth(0x0800);
-        let total = 20 + payload.len();
-        let mut h = [0u8; 20];
-        h[0] = 0x45;
-        h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        h[4..6].copy_from_slice(&id.to_be_bytes());
-        h[6..8].copy_from_slice(&frag.to_be_bytes());
-        h[8] = 64;
-        h[9] = proto;
-        h[12..16].copy_from_slice(&src);
-        h[16..20].copy_from_slice(&dst);
-        f.extend_from_slice(&h);
-        f.extend_from_slice(payload);
-        f
-    }
-
-    /// IPv6 with a chain of extension headers `(type, bytes)` before the payload.
-    pub fn ipv6(src: [u8; 16], dst: [u8; 16], proto: u8, ext: &[(u8, Vec<u8>)], payload: &[u8]) -> Vec<u8> {
-        let mut f = eth(0x86dd);
-        let mut body = Vec::new();
-        for (i, (_, bytes)) in ext.iter().enumerate() {
-            let mut b = bytes.clone();
-            b[0] = ext.get(i + 1).map_or(proto, |(t, _)| *t);
-            body.extend_from_slice(&b);
-        }
-        body.extend_from_slice(payload);
-        let mut h = [0u8; 40];
-        h[0] = 0x60;
-        h[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
-        h[6] = ext.first().map_or(proto, |(t, _)| *t);
-        h[7] = 64;
-        h[8..24].copy_from_slice(&src);
-        h[24..40].copy_from_slice(&dst);
-        f.extend_from_slice(&h);
-        f.extend_from_slice(&body);
-        f
-    }
-
-    /// A packet with `proto`, ports and SYN (TCP) between two addresses.
-    pub fn flow(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
-        ip(src, dst, proto, &l4(proto, sport, dport, true))
-    }
-}
-
-use frame::{flow, ICMP, SCTP, TCP, UDP};
 
 const PODS: &str = r#"
 apiVersion: v1
@@ -546,7 +366,7 @@ fn a_deferred_packet_into_a_local_pod_is_judged_by_the_senders_egress_then_the_p
 
     // Without its jump table the classifier judges no deferred packet: dropped and counted.
     // Unmarked packets are judged as before.
-    let pinned = MapData::from_pin(f._pin.0.join(netpol_common::MAP_JUMPS)).expect("pinned jump table");
+    let pinned = MapData::from_pin(f.pin_path().join(netpol_common::MAP_JUMPS)).expect("pinned jump table");
     let mut jumps = ProgramArray::try_from(Map::ProgramArray(pinned)).expect("a program array");
     jumps.clear_index(&netpol_common::JUMP_DEFERRED).expect("clear");
     assert_eq!(f.run_marked(PROG_TO_POD, &flow(B, A, TCP, 40003, 80), mark).0, DROP);

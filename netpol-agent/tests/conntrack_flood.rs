@@ -7,21 +7,12 @@
 //! (`pass_deferred`), so the conntrack map fills exactly as with any other new flow. Needs root
 //! (skips, saying why, without it).
 
-use std::collections::BTreeMap;
-
-use aya::programs::{TestRun, TestRunOptions};
+use netpol_agent::datapath::{PROG_FROM_POD, PROG_TO_POD};
 use netpol_common::Reason;
-use netpol_agent::{
-    compile::{CompileOptions, Compiler},
-    datapath::{Datapath, PodInterface, PROG_FROM_POD, PROG_TO_POD},
-    source::manifests,
-    model::ObjectRef,
-
+use netpol_testkit::{
+    datapath::{DataPath, ALLOW, DROP},
+    frames::{self, TCP, UDP},
 };
-
-mod support;
-
-use support::{PinDir, ALLOW, DROP};
 
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -49,64 +40,31 @@ spec:
     ports: [{protocol: UDP, port: 53}]
 "#;
 
-/// An Ethernet + IPv4 frame with a TCP (SYN when `syn`, else ACK) or UDP header.
+/// An Ethernet + IPv4 frame with a TCP (SYN when `syn`, else ACK) or UDP header and 32 bytes of
+/// payload.
 fn frame(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
-    let l4_len = if proto == 6 { 20 } else { 8 };
-    let mut h = [0u8; 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&((20 + l4_len + 32) as u16).to_be_bytes());
-    h[8] = 64;
-    h[9] = proto;
-    h[12..16].copy_from_slice(&src);
-    h[16..20].copy_from_slice(&dst);
-    f.extend_from_slice(&h);
-    let mut l4 = vec![0u8; l4_len];
-    l4[..2].copy_from_slice(&sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&dport.to_be_bytes());
-    if proto == 6 {
-        l4[12] = 5 << 4;
-        l4[13] = if syn { 0x02 } else { 0x10 };
-    } else {
-        l4[4..6].copy_from_slice(&((8 + 32) as u16).to_be_bytes());
-    }
-    f.extend_from_slice(&l4);
-    f.extend_from_slice(&[0x5a; 32]);
-    f
+    let mut l4 = if proto == TCP { frames::tcp(sport, dport, syn) } else { frames::udp(sport, dport, 32) };
+    l4.extend_from_slice(&[0x5a; 32]);
+    frames::ipv4(src, dst, proto, 0, 0, &l4)
 }
 
-fn run_on(dp: &mut Datapath, f: &[u8], entering: bool) -> u32 {
-    let prog = dp.program(if entering { PROG_TO_POD } else { PROG_FROM_POD }).expect("program");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(f);
-    prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+fn run_on(dp: &mut DataPath, f: &[u8], entering: bool) -> u32 {
+    dp.run(if entering { PROG_TO_POD } else { PROG_FROM_POD }, f)
 }
 
 #[test]
 fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
-        return;
-    }
-    let pin = PinDir::new(&format!("netpol-conntrack-flood-{}", std::process::id()));
-    let mut dp = Datapath::load(&pin.0).expect("the classifiers load and pass the verifier");
-    let mut loaded = manifests::Loaded::default();
-    manifests::load_documents(MANIFESTS, "flood.yaml", &mut loaded, &mut Default::default());
-    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-    let desired = Compiler::new().compile(&loaded.state, &CompileOptions { node: "n1".into(), host_ips: vec![], allow_host: false });
-    let interfaces = BTreeMap::from([(ObjectRef::new("x", "a"), PodInterface { ifindex: 1, name: "lo".into() })]);
-    let stats = dp.apply_maps(&desired, &interfaces);
-    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    let Some(mut dp) = DataPath::load("netpol-conntrack-flood") else { return };
+    dp.program_yaml(MANIFESTS, &[(("x", "a"), 1)]);
 
     let (a, b) = ([198, 18, 0, 10], [198, 18, 0, 11]);
     // The busy connection: a:40000 -> b:80, its replies allowed only as a tracked flow.
-    assert_eq!(run_on(&mut dp, &frame(a, b, 6, 40000, 80, true), false), ALLOW, "a opens a connection to b:80");
-    let data_out = frame(a, b, 6, 40000, 80, false);
-    let data_in = frame(b, a, 6, 80, 40000, false);
+    assert_eq!(run_on(&mut dp, &frame(a, b, TCP, 40000, 80, true), false), ALLOW, "a opens a connection to b:80");
+    let data_out = frame(a, b, TCP, 40000, 80, false);
+    let data_in = frame(b, a, TCP, 80, 40000, false);
     assert_eq!(run_on(&mut dp, &data_in, true), ALLOW, "b's reply");
-    let denied_out = frame(a, b, 6, 40001, 81, true);
-    let denied_in = frame(b, a, 6, 50000, 22, true);
+    let denied_out = frame(a, b, TCP, 40001, 81, true);
+    let denied_in = frame(b, a, TCP, 50000, 22, true);
 
     let total = netpol_common::CONNTRACK_MAX as usize * 3 / 2;
     let started = std::time::Instant::now();
@@ -115,7 +73,7 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
         // Flow i: a:(1024 + i % 64000) -> 198.18.4.(i / 64000):53/UDP, each one new.
         let dst = [198, 18, 4, (i / 64_000) as u8];
         let sport = 1024 + (i % 64_000) as u16;
-        assert_eq!(run_on(&mut dp, &frame(a, dst, 17, sport, 53, false), false), ALLOW, "flood flow {i} is allowed");
+        assert_eq!(run_on(&mut dp, &frame(a, dst, UDP, sport, 53, false), false), ALLOW, "flood flow {i} is allowed");
         if i % 1000 == 0 {
             assert_eq!(run_on(&mut dp, &data_out, false), ALLOW, "the busy connection's data after {i} new flows");
             assert_eq!(run_on(&mut dp, &data_in, true), ALLOW, "the busy connection's reply after {i} new flows");
@@ -125,25 +83,25 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
         }
     }
     let elapsed = started.elapsed();
-    let during = dp.counters().expect("counters");
+    let during = dp.counters();
     // After: the busy connection still works, denied flows stay denied, and the oldest flood
     // flows were evicted (their next packet is judged by policy again, as a new flow).
     assert_eq!(run_on(&mut dp, &data_in, true), ALLOW, "the busy connection's reply after the flood");
     assert_eq!(run_on(&mut dp, &denied_out, false), DROP);
     assert_eq!(run_on(&mut dp, &denied_in, true), DROP);
-    let before = dp.counters().expect("counters");
-    assert_eq!(run_on(&mut dp, &frame(a, [198, 18, 4, 0], 17, 1024, 53, false), false), ALLOW);
-    let after = dp.counters().expect("counters");
+    let before = dp.counters();
+    assert_eq!(run_on(&mut dp, &frame(a, [198, 18, 4, 0], UDP, 1024, 53, false), false), ALLOW);
+    let after = dp.counters();
     let evicted = after[&Reason::PassDeferred] - before[&Reason::PassDeferred] == 1;
     let last = total - 1;
-    let newest = frame(a, [198, 18, 4, (last / 64_000) as u8], 17, 1024 + (last % 64_000) as u16, 53, false);
+    let newest = frame(a, [198, 18, 4, (last / 64_000) as u8], UDP, 1024 + (last % 64_000) as u16, 53, false);
     assert_eq!(run_on(&mut dp, &newest, false), ALLOW);
-    let after_newest = dp.counters().expect("counters");
+    let after_newest = dp.counters();
     let newest_tracked = after_newest[&Reason::AllowEstablished] - after[&Reason::AllowEstablished] == 1;
     // A reply to the evicted first flow is dropped: ingress is isolated and nothing tracks it.
-    let old_reply = frame([198, 18, 4, 1], a, 17, 53, 1024, false);
+    let old_reply = frame([198, 18, 4, 1], a, UDP, 53, 1024, false);
     let old_reply_verdict = run_on(&mut dp, &old_reply, true);
-    let (batched, walked) = conntrack_counts(&pin.0);
+    let (batched, walked) = conntrack_counts(dp.pin_path());
 
     eprintln!("{total} new flows (CONNTRACK_MAX {}) in {elapsed:?}, {checks} checks during the flood", netpol_common::CONNTRACK_MAX);
     eprintln!("counters after the flood: {:?}", during.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>());
@@ -161,7 +119,7 @@ fn a_flood_of_new_flows_neither_opens_denied_flows_nor_cuts_a_busy_connection() 
 fn conntrack_counts(pin: &std::path::Path) -> (usize, usize) {
     let path = pin.join(netpol_common::MAP_CONNTRACK);
     let t = std::time::Instant::now();
-    let batched = netpol_agent::telemetry::metrics::count_conntrack(&path).expect("count conntrack in batches");
+    let batched = netpol_agent::datapath::counters::count_conntrack(&path).expect("count conntrack in batches");
     let batched_time = t.elapsed();
     let t = std::time::Instant::now();
     let data = aya::maps::MapData::from_pin(&path).expect("the pinned conntrack map");

@@ -1,49 +1,13 @@
 //! The manifests in `deploy/`: every document parses into its Kubernetes type, the ClusterRole
 //! grants every API call the agent makes, and the DaemonSet wires what the agent needs.
 
-use std::path::{Path, PathBuf};
-
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{Namespace, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use netpol_agent::source::kube::API_CALLS;
-use serde::Deserialize as _;
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// Every Kubernetes document under deploy/ (kind's cluster config is not one).
-fn documents() -> Vec<(String, serde_yaml::Value)> {
-    let mut out = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
-        .expect("deploy/")
-        .map(|e| e.expect("deploy/ entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    for path in files {
-        let text = std::fs::read_to_string(&path).expect("read a manifest");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            if value.is_null() || value["apiVersion"].as_str().is_some_and(|v| v.starts_with("kind.x-k8s.io/")) {
-                continue;
-            }
-            out.push((path.display().to_string(), value));
-        }
-    }
-    out
-}
-
-fn of_kind<T: serde::de::DeserializeOwned>(kind: &str) -> Vec<T> {
-    documents()
-        .into_iter()
-        .filter(|(_, v)| v["kind"] == kind)
-        .map(|(file, v)| serde_yaml::from_value(v).unwrap_or_else(|e| panic!("{file}: not a valid {kind}: {e}")))
-        .collect()
-}
+use netpol_testkit::deploy::{self, daemonset, documents, of_kind};
 
 #[test]
 fn every_document_parses_into_its_kubernetes_type() {
@@ -52,11 +16,11 @@ fn every_document_parses_into_its_kubernetes_type() {
     for (file, v) in docs {
         let kind = v["kind"].as_str().unwrap_or_default().to_string();
         let parsed = match kind.as_str() {
-            "Namespace" => serde_yaml::from_value::<Namespace>(v).map(drop),
-            "ServiceAccount" => serde_yaml::from_value::<ServiceAccount>(v).map(drop),
-            "ClusterRole" => serde_yaml::from_value::<ClusterRole>(v).map(drop),
-            "ClusterRoleBinding" => serde_yaml::from_value::<ClusterRoleBinding>(v).map(drop),
-            "DaemonSet" => serde_yaml::from_value::<DaemonSet>(v).map(drop),
+            "Namespace" => serde_json::from_value::<Namespace>(v).map(drop),
+            "ServiceAccount" => serde_json::from_value::<ServiceAccount>(v).map(drop),
+            "ClusterRole" => serde_json::from_value::<ClusterRole>(v).map(drop),
+            "ClusterRoleBinding" => serde_json::from_value::<ClusterRoleBinding>(v).map(drop),
+            "DaemonSet" => serde_json::from_value::<DaemonSet>(v).map(drop),
             other => panic!("{file}: unexpected kind {other:?}"),
         };
         parsed.unwrap_or_else(|e| panic!("{file}: invalid {kind}: {e}"));
@@ -65,11 +29,6 @@ fn every_document_parses_into_its_kubernetes_type() {
         assert_eq!(documents().iter().filter(|(_, v)| v["kind"] == kind).count(), 1, "one {kind}");
     }
     assert_eq!(documents().iter().filter(|(_, v)| v["kind"] == "DaemonSet").count(), 2, "the agent and the uninstaller");
-}
-
-/// The DaemonSet named `name`.
-fn daemonset(name: &str) -> DaemonSet {
-    of_kind::<DaemonSet>("DaemonSet").into_iter().find(|d| d.metadata.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("no DaemonSet {name}"))
 }
 
 #[test]
@@ -205,8 +164,7 @@ fn the_uninstaller_removes_what_the_agent_installed_on_the_same_node_paths() {
 
 #[test]
 fn the_kind_config_disables_the_default_cni() {
-    let text = std::fs::read_to_string(deploy_dir().join("kind-flannel.yaml")).unwrap();
-    let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let v = deploy::file("kind-flannel.yaml").remove(0);
     assert_eq!(v["kind"], "Cluster");
     assert_eq!(v["networking"]["disableDefaultCNI"], true);
 }

@@ -14,18 +14,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::programs::{TestRun, TestRunOptions};
-use netpol_agent::{
-    compile::{CompileOptions, Compiler},
-    datapath::{Datapath, PodInterface, PROG_FROM_POD, PROG_TO_POD},
-    source::manifests,
-    model::ObjectRef,
-
+use netpol_agent::datapath::{PROG_FROM_POD, PROG_TO_POD};
+use netpol_testkit::{
+    datapath::{DataPath, ALLOW, DROP},
+    rng::Rng,
 };
-
-mod support;
-
-use support::{PinDir, ALLOW, DROP};
 
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -376,84 +369,30 @@ fn record(f: &[u8], why: Why, t: &mut Tracked) {
 }
 
 /// Frame builders (checksums are not checked).
+/// The kit's frames, addressed by the 16-byte form ([`Addr`]).
 mod frame {
+    use netpol_testkit::frames::{self, ICMP, ICMPV6};
+
     use super::Addr;
 
-    pub fn eth(ethertype: u16) -> Vec<u8> {
-        let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        f
-    }
+    pub use frames::eth;
 
+    /// The L4 header of `proto` (a TCP SYN); ICMP and ICMPv6 of type `icmp_type`, with `sport`
+    /// as the identifier.
     pub fn l4(proto: u8, sport: u16, dport: u16, icmp_type: u8) -> Vec<u8> {
         match proto {
-            6 => {
-                let mut h = vec![0u8; 20];
-                h[..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[12] = 5 << 4;
-                h[13] = 0x02;
-                h
-            }
-            17 => {
-                let mut h = vec![0u8; 8];
-                h[..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..6].copy_from_slice(&8u16.to_be_bytes());
-                h
-            }
-            132 => {
-                let mut h = vec![0u8; 32];
-                h[..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[12] = 1;
-                h[14..16].copy_from_slice(&20u16.to_be_bytes());
-                h
-            }
-            _ => {
-                let mut h = vec![0u8; 8];
-                h[0] = icmp_type;
-                h[4..6].copy_from_slice(&sport.to_be_bytes());
-                h
-            }
+            ICMP | ICMPV6 => frames::icmp(icmp_type, sport),
+            _ => frames::l4(proto, sport, dport, true),
         }
     }
 
     /// IPv4 (`frag`: flags and offset word) or IPv6 (extension headers `ext`: type and bytes).
     pub fn ip(src: &Addr, dst: &Addr, proto: u8, frag: u16, id: u16, ext: &[(u8, Vec<u8>)], payload: &[u8]) -> Vec<u8> {
         if super::is_v4(src) {
-            let mut f = eth(0x0800);
-            let mut h = [0u8; 20];
-            h[0] = 0x45;
-            h[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-            h[4..6].copy_from_slice(&id.to_be_bytes());
-            h[6..8].copy_from_slice(&frag.to_be_bytes());
-            h[8] = 64;
-            h[9] = proto;
-            h[12..16].copy_from_slice(&src[12..]);
-            h[16..20].copy_from_slice(&dst[12..]);
-            f.extend_from_slice(&h);
-            f.extend_from_slice(payload);
-            f
+            let v4 = |a: &Addr| [a[12], a[13], a[14], a[15]];
+            frames::ipv4(v4(src), v4(dst), proto, id, frag, payload)
         } else {
-            let mut f = eth(0x86dd);
-            let mut body = Vec::new();
-            for (i, (_, bytes)) in ext.iter().enumerate() {
-                let mut b = bytes.clone();
-                b[0] = ext.get(i + 1).map_or(proto, |(t, _)| *t);
-                body.extend_from_slice(&b);
-            }
-            body.extend_from_slice(payload);
-            let mut h = [0u8; 40];
-            h[0] = 0x60;
-            h[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
-            h[6] = ext.first().map_or(proto, |(t, _)| *t);
-            h[7] = 64;
-            h[8..24].copy_from_slice(src);
-            h[24..40].copy_from_slice(dst);
-            f.extend_from_slice(&h);
-            f.extend_from_slice(&body);
-            f
+            frames::ipv6(*src, *dst, proto, ext, payload)
         }
     }
 }
@@ -537,27 +476,12 @@ fn seeds() -> Vec<(Vec<u8>, bool)> {
 }
 
 /// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// A seed with random damage: flipped bits, overwritten bytes (mostly in the headers), a cut,
 /// random bytes appended; or a frame of random bytes of a random length (0..1600) with an IP
 /// ethertype now and then.
 fn mutate(rng: &mut Rng, seeds: &[(Vec<u8>, bool)]) -> (Vec<u8>, bool) {
     if rng.below(8) == 0 {
-        let mut f: Vec<u8> = (0..rng.below(1600)).map(|_| rng.next() as u8).collect();
+        let mut f: Vec<u8> = (0..rng.below(1600)).map(|_| rng.next_u64() as u8).collect();
         if f.len() >= 14 && rng.below(2) == 0 {
             let et: u16 = if rng.below(2) == 0 { 0x0800 } else { 0x86dd };
             f[12..14].copy_from_slice(&et.to_be_bytes());
@@ -577,9 +501,9 @@ fn mutate(rng: &mut Rng, seeds: &[(Vec<u8>, bool)]) -> (Vec<u8>, bool) {
         let at = if rng.below(4) == 0 { rng.below(f.len()) } else { rng.below(f.len().min(100)) };
         match rng.below(5) {
             0 | 1 => f[at] ^= 1 << rng.below(8),
-            2 => f[at] = rng.next() as u8,
+            2 => f[at] = rng.next_u64() as u8,
             3 => f.truncate(at + rng.below(8)),
-            _ => f.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            _ => f.extend((0..rng.below(64)).map(|_| rng.next_u64() as u8)),
         }
     }
     let ingress = if rng.below(5) == 0 { !ingress } else { *ingress };
@@ -599,33 +523,12 @@ fn refused_by_kernel(f: &[u8]) -> bool {
 
 #[test]
 fn a_frame_passes_only_when_it_parses_as_something_the_policy_or_protocol_allows() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
-        return;
-    }
     let cases: u64 = std::env::var("NETPOL_PACKET_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let seed: u64 = std::env::var("NETPOL_PACKET_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x9e37_79b9);
-    let pin = PinDir::new(&format!("netpol-packet-fuzz-{}", std::process::id()));
-    let mut dp = Datapath::load(&pin.0).expect("the classifiers load and pass the verifier");
-    let mut loaded = manifests::Loaded::default();
-    manifests::load_documents(MANIFESTS, "fuzz.yaml", &mut loaded, &mut Default::default());
-    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-    let desired = Compiler::new().compile(&loaded.state, &CompileOptions { node: "n1".into(), host_ips: vec![], allow_host: false });
-    let interfaces = BTreeMap::from([(ObjectRef::new("x", "a"), PodInterface { ifindex: 1, name: "lo".into() })]);
-    let stats = dp.apply_maps(&desired, &interfaces);
-    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
-
-    let mut run = |frame: &[u8], ingress: bool| -> Result<u32, String> {
-        let prog = dp.program(if ingress { PROG_TO_POD } else { PROG_FROM_POD }).expect("program");
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        // The kernel refuses frames shorter than an Ethernet header.
-        match prog.test_run(opts) {
-            Ok(r) => Ok(r.return_value),
-            Err(e) => Err(format!("{e:?}")),
-        }
-    };
+    let Some(mut dp) = DataPath::load("netpol-packet-fuzz") else { return };
+    dp.program_yaml(MANIFESTS, &[(("x", "a"), 1)]);
+    // The kernel refuses frames shorter than an Ethernet header.
+    let mut run = |frame: &[u8], ingress: bool| dp.try_run(if ingress { PROG_TO_POD } else { PROG_FROM_POD }, frame).map_err(|e| format!("{e:?}"));
     let mut tracked = Tracked::default();
     let mut counts: BTreeMap<(Why, bool), u64> = BTreeMap::new();
     let mut refused = 0u64;
@@ -662,7 +565,7 @@ fn a_frame_passes_only_when_it_parses_as_something_the_policy_or_protocol_allows
             check(f, *ingress, "a seed frame", &mut tracked);
         }
     }
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     for _ in 0..cases {
         let (f, ingress) = mutate(&mut rng, &seeds);
         check(&f, ingress, "a mutated frame", &mut tracked);
@@ -677,6 +580,6 @@ fn a_frame_passes_only_when_it_parses_as_something_the_policy_or_protocol_allows
         assert!(counts.get(&(why, true)).is_some_and(|n| *n > 0), "no frame passed as {why:?}");
     }
     assert!(counts.get(&(Why::Drop, false)).is_some_and(|n| *n > 0));
-    let counters = dp.counters().expect("counters");
+    let counters = dp.counters();
     eprintln!("  counters: {:?}", counters.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>());
 }

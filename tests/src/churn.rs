@@ -22,39 +22,7 @@ use netpol_agent::{
 };
 use serde_json::{json, Value};
 
-/// A small deterministic random number generator (xorshift64*), so a failing run can be
-/// repeated with its seed.
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value; zero is replaced).
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// One of `items` (not empty).
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    /// True with probability `num / den`.
-    pub fn chance(&mut self, num: usize, den: usize) -> bool {
-        self.below(den) < num
-    }
-}
+pub use netpol_testkit::rng::Rng;
 
 /// The agent's resident memory (VmRSS of /proc/PID/status) in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {

@@ -25,21 +25,4 @@ pub use cluster::Cluster;
 pub use node::{Node, Pod, Shape};
 pub use probe::{Protocol, Target};
 
-/// The host's `/sys/fs/bpf`, with a bpffs mounted there if it has none (as systemd does on most
-/// hosts): the agent pins only on the node's bpffs and never mounts one itself.
-pub fn host_bpffs() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::path::PathBuf::from("/sys/fs/bpf");
-    netpol_agent::datapath::bpffs::mount_bpffs(&dir)?;
-    Ok(dir)
-}
-
-/// Whether this process may build namespaces and load eBPF (root). Privileged tests return
-/// early, saying why, when it may not.
-pub fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root (network namespaces and eBPF)");
-    }
-    root
-}
+pub use netpol_testkit::datapath::{host_bpffs, privileged};

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde_json::json;
+use netpol_testkit::objects::{namespace_json, pod};
 
 /// A pod as the manifests describe it.
 #[derive(Clone, Debug)]
@@ -58,19 +58,20 @@ impl ManifestDir {
     pub fn write_cluster(&self, namespaces: &BTreeMap<String, BTreeMap<String, String>>, pods: &[PodManifest]) -> anyhow::Result<()> {
         let mut docs = Vec::new();
         for (name, labels) in namespaces {
-            docs.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}));
+            docs.push(namespace_json(name, labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
         }
         for p in pods {
-            let ports: Vec<_> =
-                p.ports.iter().map(|(name, port, proto)| json!({"name": name, "containerPort": port, "protocol": proto})).collect();
-            let ips: Vec<_> = p.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
-            docs.push(json!({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
-                "spec": {"nodeName": p.node, "containers": [{"name": "server", "image": "netpol/sandbox", "ports": ports}]},
-                "status": {"phase": "Running", "podIP": p.ips.first().map(ToString::to_string), "podIPs": ips},
-            }));
+            let mut b = pod(&p.namespace, &p.name).node(&p.node).phase("Running");
+            for (k, v) in &p.labels {
+                b = b.label(k, v);
+            }
+            for ip in &p.ips {
+                b = b.ip(&ip.to_string());
+            }
+            for (name, port, proto) in &p.ports {
+                b = b.port(name, *port, proto);
+            }
+            docs.push(b.json());
         }
         let text = docs.iter().map(|d| serde_json::to_string_pretty(d).unwrap_or_default()).collect::<Vec<_>>().join("\n---\n");
         self.write("cluster.yaml", &text)

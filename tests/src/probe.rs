@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netpol_testkit::frames;
+
 use crate::{netns, node::random_u32, servers::SctpSeen};
 
 /// L4 protocol of a probe.
@@ -92,21 +94,7 @@ fn udp_round_trip(s: &UdpSocket, target: &Target) -> bool {
 fn send_sctp_init(target: &Target) -> Option<u32> {
     let tag = random_u32();
     let sport = 30000 + (random_u32() % 20000) as u16;
-    let mut pkt = vec![0u8; 12 + 20];
-    pkt[..2].copy_from_slice(&sport.to_be_bytes());
-    pkt[2..4].copy_from_slice(&target.port.to_be_bytes());
-    // The INIT travels with verification tag 0 in the common header; ours goes there too so the
-    // sink can match it (no SCTP stack is there to object).
-    pkt[4..8].copy_from_slice(&tag.to_be_bytes());
-    pkt[12] = 1; // INIT
-    pkt[14..16].copy_from_slice(&20u16.to_be_bytes());
-    pkt[16..20].copy_from_slice(&tag.to_be_bytes()); // initiate tag
-    pkt[20..24].copy_from_slice(&65535u32.to_be_bytes()); // a_rwnd
-    pkt[24..26].copy_from_slice(&1u16.to_be_bytes()); // outbound streams
-    pkt[26..28].copy_from_slice(&1u16.to_be_bytes()); // inbound streams
-    pkt[28..32].copy_from_slice(&tag.to_be_bytes()); // initial TSN
-    let crc = crc32c(&pkt);
-    pkt[8..12].copy_from_slice(&crc.to_le_bytes());
+    let pkt = frames::sctp_init_tagged(sport, target.port, tag);
     let fd = crate::servers::raw_sctp(target.addr.is_ipv6()).ok()?;
     let sent = match target.addr {
         IpAddr::V4(a) => {
@@ -141,18 +129,6 @@ fn sctp_arrived(target: &Target, tag: u32) -> bool {
     false
 }
 
-/// CRC32c (Castagnoli), as SCTP checksums it (RFC 4960 appendix B).
-pub fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
 /// Runs many probes at once, one thread each; results in the order given.
 pub fn probe_many(probes: &[(String, Target)]) -> Vec<bool> {
     std::thread::scope(|s| {
@@ -167,23 +143,8 @@ pub fn probe_many(probes: &[(String, Target)]) -> Vec<bool> {
 /// to look for in the destination's sink.
 pub fn send_forged_sctp(from: &str, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, port: u16) -> anyhow::Result<u32> {
     let tag = random_u32();
-    let mut sctp = vec![0u8; 12 + 20];
-    sctp[..2].copy_from_slice(&40000u16.to_be_bytes());
-    sctp[2..4].copy_from_slice(&port.to_be_bytes());
-    sctp[4..8].copy_from_slice(&tag.to_be_bytes());
-    sctp[12] = 1;
-    sctp[14..16].copy_from_slice(&20u16.to_be_bytes());
-    sctp[16..20].copy_from_slice(&tag.to_be_bytes());
-    let crc = crc32c(&sctp);
-    sctp[8..12].copy_from_slice(&crc.to_le_bytes());
-    let mut pkt = vec![0u8; 20];
-    pkt[0] = 0x45;
-    pkt[2..4].copy_from_slice(&((20 + sctp.len()) as u16).to_be_bytes());
-    pkt[8] = 64;
-    pkt[9] = libc::IPPROTO_SCTP as u8;
-    pkt[12..16].copy_from_slice(&src.octets());
-    pkt[16..20].copy_from_slice(&dst.octets());
-    pkt.extend_from_slice(&sctp);
+    let sctp = frames::sctp_init_tagged(40000, port, tag);
+    let pkt = frames::ipv4_packet(src.octets(), dst.octets(), frames::SCTP, 0, 0, &sctp);
     netns::within(from, || -> anyhow::Result<()> {
         // SAFETY: plain socket(2), checked below, closed at the end of this closure.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
@@ -210,12 +171,4 @@ pub fn sctp_seen(seen: &SctpSeen, tag: u32, port: u16) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn crc32c_matches_the_rfc_3720_check_value() {
-        assert_eq!(super::crc32c(b"123456789"), 0xe306_9283);
-    }
 }

@@ -11,7 +11,7 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -20,7 +20,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::PodSpec};
+use k8s_openapi::api::core::v1::PodSpec;
 use netpol_sandbox::{
     agent::agent_bin,
     apiserver::ApiServer,
@@ -31,34 +31,18 @@ use netpol_sandbox::{
     privileged,
     Cluster, Protocol, Shape,
 };
-use serde::Deserialize as _;
+use netpol_testkit::{deploy, objects::pod};
 use serde_json::{json, Value};
 
 /// x/a serves 80 (admitted from some pods) and 81 (admitted from none).
 const PORTS: &[(&str, u16, &str)] = &[("http", 80, "TCP"), ("admin", 81, "TCP")];
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(file)
-}
-
-/// The pod template of DaemonSet `name` in `deploy/<file>`.
-fn daemonset_pod(file: &str, name: &str) -> (PodMeta, PodSpec) {
-    let text = std::fs::read_to_string(deploy(file)).expect("read the manifest");
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(doc).expect("YAML");
-        if value["kind"] != "DaemonSet" || value["metadata"]["name"] != name {
-            continue;
-        }
-        let ds: DaemonSet = serde_yaml::from_value(value).expect("a DaemonSet");
-        let meta = PodMeta {
-            name: format!("{name}-sandbox"),
-            namespace: ds.metadata.namespace.clone().unwrap_or_default(),
-            kubeconfig: None,
-        };
-        return (meta, ds.spec.template.spec.expect("pod spec"));
-    }
-    panic!("no DaemonSet {name} in {file}");
+/// The pod template of DaemonSet `name` of `deploy/`.
+fn daemonset_pod(name: &str) -> (PodMeta, PodSpec) {
+    let ds = deploy::daemonset(name);
+    let meta = PodMeta { name: format!("{name}-sandbox"), namespace: ds.metadata.namespace.clone().unwrap_or_default(), kubeconfig: None };
+    (meta, ds.spec.template.spec.expect("pod spec"))
 }
 
 /// The spec with every container's image set to `image` (`kubectl set image`).
@@ -71,13 +55,8 @@ fn with_image(spec: &PodSpec, image: &str) -> PodSpec {
 }
 
 fn pod_object(c: &Cluster, name: &str) -> Value {
-    let pod = c.pod("x", name);
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "x", "labels": {"pod": name}},
-        "spec": {"nodeName": c.nodes[0].netns, "containers": [{"name": "server", "image": "netpol/sandbox"}]},
-        "status": {"phase": "Running", "podIP": pod.ipv4.to_string(), "podIPs": [{"ip": pod.ipv4.to_string()}, {"ip": pod.ipv6.to_string()}]},
-    })
+    let p = c.pod("x", name);
+    pod("x", name).label("pod", name).node(&c.nodes[0].netns).phase("Running").ip(&p.ipv4.to_string()).ip(&p.ipv6.to_string()).json()
 }
 
 /// x/a admits the pods named in `from` on port 80, and nothing else.
@@ -206,10 +185,10 @@ fn the_daemonset_in_a_real_container_runtime_enforces_survives_a_kill_and_an_upg
     }
     api.apply(admit(&["b"])).expect("policy");
 
-    let (mut meta, spec) = daemonset_pod("daemonset.yaml", "netpol-agent");
+    let (mut meta, spec) = daemonset_pod("netpol-agent");
     meta.kubeconfig = Some(api.kubeconfig.clone());
     let image = spec.containers[0].image.clone().expect("the agent's image");
-    kubelet.build_image(&image, &agent_bin(), &deploy("Dockerfile")).expect("build the image");
+    kubelet.build_image(&image, &agent_bin(), &deploy::dir().join("Dockerfile")).expect("build the image");
 
     // The pod starts: the init container gives the node a bpffs, the agent pins into it.
     assert!(!kubelet.node().is_bpffs("/sys/fs/bpf"), "the node starts like a kind node, with no bpffs");
@@ -252,7 +231,7 @@ fn the_daemonset_in_a_real_container_runtime_enforces_survives_a_kill_and_an_upg
     // stop, a new pod whose init container finds the bpffs there); the policy changes while no
     // agent runs, and the pins are an earlier build's.
     let second = format!("{image}-upgrade");
-    kubelet.build_image(&second, &agent_bin(), &deploy("Dockerfile")).expect("build the second image");
+    kubelet.build_image(&second, &agent_bin(), &deploy::dir().join("Dockerfile")).expect("build the second image");
     kubelet.stop(&mut agent, &spec).expect("graceful stop");
     let probes_at_stop = denied.tried();
     assert_eq!(kubelet.exit_code(&agent.id).expect("exit code"), 0, "the agent stops cleanly on SIGTERM:\n{}", kubelet.logs(&agent.id));
@@ -282,7 +261,7 @@ fn the_daemonset_in_a_real_container_runtime_enforces_survives_a_kill_and_an_upg
     let attached = node_programs(kubelet.node());
     assert!(attached.len() >= 6, "programs on the node's interfaces: {attached:?}");
     kubelet.stop(&mut upgraded, &upgraded_spec).expect("delete the DaemonSet");
-    let (un_meta, un_spec) = daemonset_pod("uninstall.yaml", "netpol-uninstall");
+    let (un_meta, un_spec) = daemonset_pod("netpol-uninstall");
     let mut uninstall = kubelet.start_container(&un_meta, &un_spec, "uninstall").expect("uninstaller");
     kubelet.wait_ready(&uninstall, TIMEOUT).expect("the uninstaller's readiness: the node is clean");
     kubelet.stop(&mut uninstall, &un_spec).expect("delete the uninstaller");

@@ -18,6 +18,7 @@ use netpol_sandbox::{
     apiserver::{ApiServer, Kind},
     netns, privileged, Cluster, Protocol, Shape,
 };
+use netpol_testkit::objects::pod;
 use serde_json::{json, Value};
 
 const PORTS: &[(&str, u16, &str)] = &[("http", 80, "TCP")];
@@ -152,14 +153,8 @@ fn wait_health(node: &str, path: &str, want: u16) {
 }
 
 fn pod_object(c: &Cluster, name: &str, label: &str) -> Value {
-    let pod = c.pod("x", name);
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "x", "labels": {"pod": label}},
-        "spec": {"nodeName": c.nodes[0].netns, "containers": [{"name": "server", "image": "netpol/sandbox",
-            "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}]}]},
-        "status": {"phase": "Running", "podIP": pod.ipv4.to_string(), "podIPs": [{"ip": pod.ipv4.to_string()}, {"ip": pod.ipv6.to_string()}]},
-    })
+    let p = c.pod("x", name);
+    pod("x", name).label("pod", label).node(&c.nodes[0].netns).port("http", 80, "TCP").phase("Running").ip(&p.ipv4.to_string()).ip(&p.ipv6.to_string()).json()
 }
 
 /// A policy on x/a admitting pods labelled `pod: <from>`.

@@ -9,10 +9,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use crate::cni::plugin::PLUGIN_NAME;
+use super::{
+    error::{io, CniError, Result},
+    plugin::PLUGIN_NAME,
+};
 
 /// Extensions of network configuration files, as libcni reads them.
 const CONF_EXTENSIONS: [&str; 3] = ["conflist", "conf", "json"];
@@ -29,9 +31,9 @@ pub enum ChainChange {
 }
 
 /// The network configuration file the runtime uses: the first by name.
-pub fn active_configuration(conf_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+pub fn active_configuration(conf_dir: &Path) -> Result<Option<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(conf_dir)
-        .with_context(|| format!("read {}", conf_dir.display()))?
+        .map_err(io("read", conf_dir))?
         .filter_map(|e| Some(e.ok()?.path()))
         .filter(|p| p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| CONF_EXTENSIONS.contains(&e)))
         .collect();
@@ -41,19 +43,19 @@ pub fn active_configuration(conf_dir: &Path) -> anyhow::Result<Option<PathBuf>> 
 
 /// `conf` (a network configuration, list or single plugin) with netpol's plugin appended to
 /// its chain, or `None` when it is already there.
-pub fn chained(conf: &Value, socket: &Path, timeout_seconds: u64) -> anyhow::Result<Option<Value>> {
+pub fn chained(conf: &Value, socket: &Path, timeout_seconds: u64) -> std::result::Result<Option<Value>, &'static str> {
     let entry = json!({"type": PLUGIN_NAME, "socket": socket, "timeoutSeconds": timeout_seconds});
     let mut list = if conf.get("plugins").is_some() {
         conf.clone()
     } else {
         // A single-plugin configuration: the same network as a list of one.
         let mut plugin = conf.clone();
-        let obj = plugin.as_object_mut().context("the network configuration is not a JSON object")?;
+        let obj = plugin.as_object_mut().ok_or("the network configuration is not a JSON object")?;
         let version = obj.remove("cniVersion").unwrap_or_else(|| json!("0.3.1"));
-        let name = obj.remove("name").context("the network configuration has no name")?;
+        let name = obj.remove("name").ok_or("the network configuration has no name")?;
         json!({"cniVersion": version, "name": name, "plugins": [plugin]})
     };
-    let plugins = list.get_mut("plugins").and_then(Value::as_array_mut).context("`plugins` is not a list")?;
+    let plugins = list.get_mut("plugins").and_then(Value::as_array_mut).ok_or("`plugins` is not a list")?;
     if let Some(ours) = plugins.iter_mut().find(|p| p.get("type").and_then(Value::as_str) == Some(PLUGIN_NAME)) {
         if *ours == entry {
             return Ok(None);
@@ -75,36 +77,45 @@ pub fn unchained(conf: &Value) -> Option<Value> {
 }
 
 /// Makes sure the runtime's network configuration in `conf_dir` ends with netpol's plugin.
-pub fn ensure_chained(conf_dir: &Path, socket: &Path, timeout_seconds: u64) -> anyhow::Result<ChainChange> {
+pub fn ensure_chained(conf_dir: &Path, socket: &Path, timeout_seconds: u64) -> Result<ChainChange> {
     let Some(path) = active_configuration(conf_dir)? else { return Ok(ChainChange::NoConfiguration) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let conf: Value = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    let Some(list) = chained(&conf, socket, timeout_seconds).with_context(|| format!("chain into {}", path.display()))? else {
+    let conf = read_configuration(&path)?;
+    let chained = chained(&conf, socket, timeout_seconds).map_err(|why| CniError::Configuration { path: path.clone(), why })?;
+    let Some(list) = chained else {
         return Ok(ChainChange::Present(path));
     };
     let target = path.with_extension("conflist");
-    write_atomically(&target, serde_json::to_string_pretty(&list).context("encode")?.as_bytes(), 0o644)?;
+    write_atomically(&target, &encode(&list, &target)?, 0o644)?;
     if target != path {
-        std::fs::remove_file(&path).with_context(|| format!("remove {} (now {})", path.display(), target.display()))?;
+        std::fs::remove_file(&path).map_err(io("remove the single-plugin configuration", &path))?;
     }
     Ok(ChainChange::Added(target))
 }
 
+/// A network configuration file, parsed.
+fn read_configuration(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    serde_json::from_str(&text).map_err(|source| CniError::Json { what: format!("parse {}", path.display()), source })
+}
+
+/// A network configuration as the file's bytes.
+fn encode(list: &Value, path: &Path) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(list).map_err(|source| CniError::Json { what: format!("encode {}", path.display()), source })
+}
+
 /// Takes netpol's plugin out of the runtime's network configuration (`netpol-agent uninstall`).
-pub fn remove_chained(conf_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+pub fn remove_chained(conf_dir: &Path) -> Result<Option<PathBuf>> {
     let Some(path) = active_configuration(conf_dir)? else { return Ok(None) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let conf: Value = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    let Some(list) = unchained(&conf) else { return Ok(None) };
-    write_atomically(&path, serde_json::to_string_pretty(&list).context("encode")?.as_bytes(), 0o644)?;
+    let Some(list) = unchained(&read_configuration(&path)?) else { return Ok(None) };
+    write_atomically(&path, &encode(&list, &path)?, 0o644)?;
     Ok(Some(path))
 }
 
 /// Copies this executable into `bin_dir` as the plugin (replacing an older copy atomically, so
 /// a runtime never runs a half-written binary).
-pub fn install_binary(bin_dir: &Path) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("find this executable")?;
-    let bytes = std::fs::read(&exe).with_context(|| format!("read {}", exe.display()))?;
+pub fn install_binary(bin_dir: &Path) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(io("find this executable", bin_dir))?;
+    let bytes = std::fs::read(&exe).map_err(io("read", &exe))?;
     let target = bin_dir.join(PLUGIN_NAME);
     write_atomically(&target, &bytes, 0o755)?;
     Ok(target)
@@ -112,16 +123,16 @@ pub fn install_binary(bin_dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Removes the plugin binary from `bin_dir` (`netpol-agent uninstall`); `Ok(false)` when it was
 /// not there.
-pub fn remove_binary(bin_dir: &Path) -> anyhow::Result<bool> {
+pub fn remove_binary(bin_dir: &Path) -> Result<bool> {
     let target = bin_dir.join(PLUGIN_NAME);
     match std::fs::remove_file(&target) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("remove {}", target.display())),
+        Err(e) => Err(io("remove", &target)(e)),
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_file_name(format!(".{}.netpol-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
     let mut f = std::fs::OpenOptions::new()
@@ -130,10 +141,10 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
         .truncate(true)
         .mode(mode)
         .open(&tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("write {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("sync {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
+        .map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename into place", path))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! its installation into a node's CNI directories ([`install`]), and the agent's end of its
 //! socket ([`server`]). From outside, the run loop serves the socket and installs the plugin;
 //! the binary runs [`plugin::main`].
+pub mod error;
 pub mod install;
 pub mod plugin;
 pub mod server;

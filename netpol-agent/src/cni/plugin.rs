@@ -128,7 +128,7 @@ pub struct PluginOutput {
 pub fn plugin(
     env: &HashMap<String, String>,
     stdin: &str,
-    agent: impl FnOnce(&CniRequest, &Path, Duration) -> anyhow::Result<CniReply>,
+    agent: impl FnOnce(&CniRequest, &Path, Duration) -> super::error::Result<CniReply>,
 ) -> PluginOutput {
     let command = env.get("CNI_COMMAND").map_or("", String::as_str);
     if command == "VERSION" {
@@ -233,17 +233,18 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
 }
 
 /// Sends `request` to the agent listening on `socket` and waits up to `timeout` for its reply.
-pub fn ask_agent(request: &CniRequest, socket: &Path, timeout: Duration) -> anyhow::Result<CniReply> {
-    use anyhow::Context as _;
-    let stream = UnixStream::connect(socket).with_context(|| format!("connect to {}", socket.display()))?;
-    stream.set_read_timeout(Some(timeout)).context("set read timeout")?;
-    stream.set_write_timeout(Some(timeout)).context("set write timeout")?;
-    let mut line = serde_json::to_string(request).context("encode request")?;
+pub fn ask_agent(request: &CniRequest, socket: &Path, timeout: Duration) -> super::error::Result<CniReply> {
+    use super::error::{io, CniError};
+    let socket_err = |op| move |source| CniError::Socket { op, source };
+    let stream = UnixStream::connect(socket).map_err(io("connect to", socket))?;
+    stream.set_read_timeout(Some(timeout)).map_err(socket_err("set read timeout"))?;
+    stream.set_write_timeout(Some(timeout)).map_err(socket_err("set write timeout"))?;
+    let mut line = serde_json::to_string(request).map_err(|source| CniError::Json { what: "encode the request".into(), source })?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).context("send request")?;
+    (&stream).write_all(line.as_bytes()).map_err(socket_err("send the request"))?;
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).context("read the agent's reply")?;
-    serde_json::from_str(&reply).with_context(|| format!("decode the agent's reply {reply:?}"))
+    BufReader::new(&stream).read_line(&mut reply).map_err(socket_err("read the agent's reply"))?;
+    serde_json::from_str(&reply).map_err(|source| CniError::Json { what: format!("decode the agent's reply {reply:?}"), source })
 }
 
 /// Runs the plugin on this process's environment and standard input; returns the exit code.
@@ -264,6 +265,12 @@ pub fn main() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cni::error::CniError;
+
+    /// What a plugin finds where no agent listens.
+    fn no_agent() -> CniError {
+        CniError::Socket { op: "connect", source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused) }
+    }
 
     fn env(command: &str) -> HashMap<String, String> {
         HashMap::from([
@@ -313,7 +320,7 @@ mod tests {
         let err: Value = serde_json::from_str(&refused.stdout).expect("json");
         assert_eq!((refused.code, err["code"].as_u64()), (1, Some(11)));
         assert_eq!(err["details"], "pod unknown");
-        let gone = plugin(&env("ADD"), &conf, |_, _, _| anyhow::bail!("connection refused"));
+        let gone = plugin(&env("ADD"), &conf, |_, _, _| Err(no_agent()));
         let err: Value = serde_json::from_str(&gone.stdout).expect("json");
         assert_eq!((gone.code, err["code"].as_u64()), (1, Some(11)));
         std::fs::remove_file(path).expect("remove the socket");
@@ -321,7 +328,7 @@ mod tests {
 
     #[test]
     fn configurations_the_plugin_cannot_work_with_are_errors_and_other_commands_succeed() {
-        let never = |_: &CniRequest, _: &Path, _: Duration| -> anyhow::Result<CniReply> { panic!("the agent must not be asked") };
+        let never = |_: &CniRequest, _: &Path, _: Duration| -> crate::cni::error::Result<CniReply> { panic!("the agent must not be asked") };
         let unchained = plugin(&env("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"netpol-cni"}"#, never);
         let err: Value = serde_json::from_str(&unchained.stdout).expect("json");
         assert_eq!((unchained.code, err["code"].as_u64()), (1, Some(7)), "ADD without prevResult");
@@ -345,7 +352,7 @@ mod tests {
         let mut del_asked = false;
         let del = plugin(&env("DEL"), &conf(), |req, _, _| {
             del_asked = req.command == CniCommand::Del;
-            anyhow::bail!("agent down")
+            Err(no_agent())
         });
         assert_eq!((del.code, del_asked), (0, true), "DEL succeeds even with the agent down");
     }
@@ -375,7 +382,7 @@ mod tests {
         let (path, conf) = dead_socket(DEFAULT_AGENT_GONE_AFTER + Duration::from_secs(60));
         let add = plugin(&env("ADD"), &conf, ask_agent);
         assert_eq!(code(&add), (0, None), "the agent is gone: the pod starts: {}", add.stdout);
-        assert_eq!(plugin(&env("STATUS"), &conf, |_, _, _| anyhow::bail!("not asked")).code, 0, "STATUS passes as ADD does");
+        assert_eq!(plugin(&env("STATUS"), &conf, |_, _, _| Err(no_agent())).code, 0, "STATUS passes as ADD does");
         std::fs::remove_file(path).expect("remove the socket");
     }
 
@@ -384,10 +391,10 @@ mod tests {
         let (path, conf) = dead_socket(Duration::from_secs(5));
         let add = plugin(&env("ADD"), &conf, ask_agent);
         assert_eq!(code(&add), (1, Some(11)), "try again later: {}", add.stdout);
-        let status = plugin(&env("STATUS"), &conf, |_, _, _| anyhow::bail!("not asked"));
+        let status = plugin(&env("STATUS"), &conf, |_, _, _| Err(no_agent()));
         assert_eq!(code(&status), (1, Some(50)), "STATUS fails while ADD would: {}", status.stdout);
         std::fs::remove_file(path).expect("remove the socket");
-        let status = plugin(&env("STATUS"), &conf, |_, _, _| anyhow::bail!("not asked"));
+        let status = plugin(&env("STATUS"), &conf, |_, _, _| Err(no_agent()));
         assert_eq!(status.code, 0, "no socket: ADD passes, so STATUS does");
     }
 

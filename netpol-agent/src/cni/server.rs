@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -78,11 +77,10 @@ pub type Resync = Arc<dyn Fn() + Send + Sync>;
 pub struct Enforced {
     /// Syncs completed.
     pub syncs: u64,
-    /// Local pods (`namespace/name`) with classifiers on their veth and an endpoint entry, and
-    /// that veth's name.
-    pub pods: BTreeMap<String, String>,
+    /// Local pods with classifiers on their veth and an endpoint entry, and that veth's name.
+    pub pods: BTreeMap<ObjectRef, String>,
     /// Local pods the source knows (with or without an interface).
-    pub known: BTreeSet<String>,
+    pub known: BTreeSet<ObjectRef>,
 }
 
 /// Serves the plugin's requests on `socket` (replacing a stale socket file) until the task is
@@ -94,15 +92,16 @@ pub async fn serve(
     resync: Resync,
     enforced: watch::Receiver<Enforced>,
     timeout: Duration,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> super::error::Result<tokio::task::JoinHandle<()>> {
+    use super::error::io;
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     }
     match std::fs::remove_file(socket) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("remove stale {}", socket.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove stale", socket)(e)),
         _ => {}
     }
-    let listener = UnixListener::bind(socket).with_context(|| format!("listen on {}", socket.display()))?;
+    let listener = UnixListener::bind(socket).map_err(io("listen on", socket))?;
     info!(socket = %socket.display(), "serving the CNI chain plugin");
     let path = socket.to_path_buf();
     let mut heartbeat = tokio::time::interval(crate::cni::plugin::HEARTBEAT);
@@ -162,7 +161,7 @@ async fn answer(request: CniRequest, pods: &CniPods, resync: &Resync, mut enforc
         return CniReply { ok: true, message: format!("forgot {key}"), interface: None };
     }
     info!(pod = %key, container = %request.container_id, ips = ?request.ips, "CNI ADD: enforcing the new pod before it starts");
-    pods.set(pod, request.ips.clone());
+    pods.set(pod.clone(), request.ips.clone());
     let after = enforced.borrow_and_update().syncs;
     resync();
     let started = std::time::Instant::now();
@@ -172,7 +171,7 @@ async fn answer(request: CniRequest, pods: &CniPods, resync: &Resync, mut enforc
             {
                 let now = enforced.borrow_and_update();
                 if now.syncs > after {
-                    if let Some(iface) = now.pods.get(&key) {
+                    if let Some(iface) = now.pods.get(&pod) {
                         return Some(iface.clone());
                     }
                 }
@@ -189,7 +188,7 @@ async fn answer(request: CniRequest, pods: &CniPods, resync: &Resync, mut enforc
             CniReply { ok: true, message: format!("{key} enforced on {iface}"), interface: Some(iface) }
         }
         _ => {
-            let why = if enforced.borrow().known.contains(&key) {
+            let why = if enforced.borrow().known.contains(&pod) {
                 format!("no interface of this node carries {:?}", request.ips)
             } else {
                 "the pod is not (yet) known to the agent's source".to_string()

@@ -265,5 +265,3 @@ fn endpoint_plan(state: &ClusterState, pod: &Pod, id: u32, ingress_isolated: boo
     }
 }
 
-#[cfg(test)]
-mod compiler_tests;

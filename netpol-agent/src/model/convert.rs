@@ -12,7 +12,10 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{selector::Selector, NamedPort, Namespace, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Problem, Protocol, Rule, NAMESPACE_NAME_LABEL};
+use super::{
+    selector::{Selector, SelectorError},
+    Direction, NamedPort, Namespace, ObjectRef, Peer, Pod, Policy, PortMatch, PortSpec, Problem, Protocol, Rule, UnknownProtocol, NAMESPACE_NAME_LABEL,
+};
 
 /// Converts a Namespace, adding the name label as the API server does.
 pub fn namespace_from_k8s(ns: &K8sNamespace) -> Result<Namespace, Problem> {
@@ -72,6 +75,94 @@ pub fn pod_from_k8s(pod: &K8sPod, default_namespace: &str) -> Result<Option<Pod>
     }))
 }
 
+/// What makes a field of a NetworkPolicy invalid, as the API server would refuse it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// Not a CIDR at all.
+    #[error("{0:?} is not a CIDR")]
+    NotCidr(String),
+    /// A CIDR with host bits set.
+    #[error("{value:?} has host bits set (did you mean {network}?)")]
+    HostBits {
+        /// As written.
+        value: String,
+        /// The network it names.
+        network: IpNet,
+    },
+    /// An IPv4-mapped IPv6 CIDR.
+    #[error("{0:?} is an IPv4-mapped IPv6 CIDR; write it as an IPv4 CIDR")]
+    V4Mapped(String),
+    /// An `except` outside its `cidr`.
+    #[error("{except} is not inside {cidr}")]
+    ExceptOutside {
+        /// The except.
+        except: String,
+        /// The block.
+        cidr: String,
+    },
+    /// An `except` equal to its `cidr`.
+    #[error("{except} must be strictly inside {cidr}")]
+    ExceptEqual {
+        /// The except.
+        except: String,
+        /// The block.
+        cidr: String,
+    },
+    /// An ipBlock beside a selector in one peer.
+    #[error("ipBlock cannot be combined with a selector")]
+    IpBlockWithSelector,
+    /// A peer with nothing in it.
+    #[error("a peer needs podSelector, namespaceSelector or ipBlock")]
+    EmptyPeer,
+    /// A selector that cannot be read.
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    /// A protocol policies cannot name.
+    #[error(transparent)]
+    Protocol(#[from] UnknownProtocol),
+    /// `endPort` without a numeric `port`.
+    #[error("needs a numeric port")]
+    EndPortWithoutPort,
+    /// `endPort` with a named `port`.
+    #[error("needs a numeric port, not a named one")]
+    EndPortWithNamedPort,
+    /// A port number written as a string.
+    #[error("{0:?} is a string; write the number without quotes")]
+    QuotedNumber(u16),
+    /// An empty port name.
+    #[error("empty port name")]
+    EmptyPortName,
+    /// A port number out of range.
+    #[error("{0} is not in 1-65535")]
+    PortOutOfRange(i32),
+    /// `endPort` below `port`.
+    #[error("{end} is below port {start}")]
+    EndPortBelow {
+        /// The end.
+        end: u16,
+        /// The start.
+        start: u16,
+    },
+    /// A `policyTypes` value that is neither Ingress nor Egress.
+    #[error("unknown type {0:?} (Ingress or Egress)")]
+    UnknownPolicyType(String),
+}
+
+/// An invalid field, with its path in the object (`spec.ingress[0].from[1].ipBlock.cidr`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {why}")]
+pub struct InvalidField {
+    /// Where.
+    pub at: String,
+    /// Why.
+    pub why: Invalid,
+}
+
+/// The error `why` at `at`.
+fn invalid(at: impl Into<String>, why: impl Into<Invalid>) -> InvalidField {
+    InvalidField { at: at.into(), why: why.into() }
+}
+
 /// Converts and validates a NetworkPolicy, applying the API server's `policyTypes` default:
 /// Ingress always, and Egress when the policy has egress rules.
 pub fn policy_from_k8s(np: &NetworkPolicy, default_namespace: &str) -> Result<Policy, Problem> {
@@ -81,10 +172,10 @@ pub fn policy_from_k8s(np: &NetworkPolicy, default_namespace: &str) -> Result<Po
         reason: "no metadata.name".into(),
     })?;
     let id = ObjectRef::new(namespace, name);
-    let problem = |reason: String| Problem { object: format!("NetworkPolicy {id}"), reason };
+    let problem = |e: InvalidField| Problem { object: format!("NetworkPolicy {id}"), reason: e.to_string() };
     let spec = np.spec.clone().unwrap_or_default();
     let pod_selector = match &spec.pod_selector {
-        Some(s) => Selector::parse(s).map_err(|e| problem(format!("spec.podSelector: {e}")))?,
+        Some(s) => Selector::parse(s).map_err(|e| problem(invalid("spec.podSelector", e)))?,
         None => Selector::everything(),
     };
     let (isolates_ingress, isolates_egress) = match &spec.policy_types {
@@ -92,10 +183,10 @@ pub fn policy_from_k8s(np: &NetworkPolicy, default_namespace: &str) -> Result<Po
             let mut ingress = false;
             let mut egress = false;
             for t in types {
-                match t.as_str() {
-                    "Ingress" => ingress = true,
-                    "Egress" => egress = true,
-                    other => return Err(problem(format!("spec.policyTypes: unknown type {other:?} (Ingress or Egress)"))),
+                match Direction::BOTH.into_iter().find(|d| d.policy_type() == t) {
+                    Some(Direction::Ingress) => ingress = true,
+                    Some(Direction::Egress) => egress = true,
+                    None => return Err(problem(invalid("spec.policyTypes", Invalid::UnknownPolicyType(t.clone())))),
                 }
             }
             (ingress, egress)
@@ -121,41 +212,36 @@ pub fn policy_from_k8s(np: &NetworkPolicy, default_namespace: &str) -> Result<Po
     Ok(Policy { id, pod_selector, isolates_ingress, isolates_egress, ingress, egress })
 }
 
-fn peers(list: &[NetworkPolicyPeer], at: &str) -> Result<Vec<Peer>, String> {
+fn peers(list: &[NetworkPolicyPeer], at: &str) -> Result<Vec<Peer>, InvalidField> {
     list.iter()
         .enumerate()
         .map(|(i, p)| {
             let at = format!("{at}[{i}]");
             match (&p.ip_block, &p.namespace_selector, &p.pod_selector) {
                 (Some(block), None, None) => {
-                    let cidr = parse_cidr(&block.cidr).map_err(|e| format!("{at}.ipBlock.cidr: {e}"))?;
+                    let cidr = parse_cidr(&block.cidr).map_err(|e| invalid(format!("{at}.ipBlock.cidr"), e))?;
                     let mut except = Vec::new();
                     for (j, e) in block.except.iter().flatten().enumerate() {
-                        let net = parse_cidr(e).map_err(|err| format!("{at}.ipBlock.except[{j}]: {err}"))?;
+                        let here = format!("{at}.ipBlock.except[{j}]");
+                        let net = parse_cidr(e).map_err(|err| invalid(here.clone(), err))?;
+                        let names = || (e.clone(), block.cidr.clone());
                         if !cidr.contains(&net) || net.prefix_len() <= cidr.prefix_len() && net != cidr {
-                            return Err(format!("{at}.ipBlock.except[{j}]: {e} is not inside {}", block.cidr));
+                            let (except, cidr) = names();
+                            return Err(invalid(here, Invalid::ExceptOutside { except, cidr }));
                         }
                         if net == cidr {
-                            return Err(format!("{at}.ipBlock.except[{j}]: {e} must be strictly inside {}", block.cidr));
+                            let (except, cidr) = names();
+                            return Err(invalid(here, Invalid::ExceptEqual { except, cidr }));
                         }
                         except.push(net);
                     }
                     Ok(Peer::IpBlock { cidr, except })
                 }
-                (Some(_), _, _) => Err(format!("{at}: ipBlock cannot be combined with a selector")),
-                (None, None, None) => Err(format!("{at}: a peer needs podSelector, namespaceSelector or ipBlock")),
+                (Some(_), _, _) => Err(invalid(at, Invalid::IpBlockWithSelector)),
+                (None, None, None) => Err(invalid(at, Invalid::EmptyPeer)),
                 (None, ns, pods) => Ok(Peer::Pods {
-                    namespaces: ns
-                        .as_ref()
-                        .map(Selector::parse)
-                        .transpose()
-                        .map_err(|e| format!("{at}.namespaceSelector: {e}"))?,
-                    pods: pods
-                        .as_ref()
-                        .map(Selector::parse)
-                        .transpose()
-                        .map_err(|e| format!("{at}.podSelector: {e}"))?
-                        .unwrap_or_default(),
+                    namespaces: ns.as_ref().map(Selector::parse).transpose().map_err(|e| invalid(format!("{at}.namespaceSelector"), e))?,
+                    pods: pods.as_ref().map(Selector::parse).transpose().map_err(|e| invalid(format!("{at}.podSelector"), e))?.unwrap_or_default(),
                 }),
             }
         })
@@ -163,48 +249,50 @@ fn peers(list: &[NetworkPolicyPeer], at: &str) -> Result<Vec<Peer>, String> {
 }
 
 /// Parses a CIDR as the API requires it: an address and a prefix length, host bits zero.
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let net: IpNet = s.parse().map_err(|_| format!("{s:?} is not a CIDR"))?;
+fn parse_cidr(s: &str) -> Result<IpNet, Invalid> {
+    let net: IpNet = s.parse().map_err(|_| Invalid::NotCidr(s.to_string()))?;
     if net.trunc() != net {
-        return Err(format!("{s:?} has host bits set (did you mean {}?)", net.trunc()));
+        return Err(Invalid::HostBits { value: s.to_string(), network: net.trunc() });
     }
     // The maps store IPv4 as IPv4-mapped IPv6, so such a block would match IPv4 peers while
     // being an IPv6 block; the API's strict CIDR validation rejects it too.
     if let IpNet::V6(v6) = net {
         if v6.prefix_len() >= 96 && v6.network().to_ipv4_mapped().is_some() {
-            return Err(format!("{s:?} is an IPv4-mapped IPv6 CIDR; write it as an IPv4 CIDR"));
+            return Err(Invalid::V4Mapped(s.to_string()));
         }
     }
     Ok(net)
 }
 
-fn ports(list: &[NetworkPolicyPort], at: &str) -> Result<Vec<PortMatch>, String> {
+fn ports(list: &[NetworkPolicyPort], at: &str) -> Result<Vec<PortMatch>, InvalidField> {
     list.iter()
         .enumerate()
         .map(|(i, p)| {
             let at = format!("{at}[{i}]");
-            let protocol = Protocol::parse(p.protocol.as_deref()).map_err(|e| format!("{at}.protocol: {e}"))?;
+            let protocol = Protocol::parse(p.protocol.as_deref()).map_err(|e| invalid(format!("{at}.protocol"), e))?;
+            let port_at = || format!("{at}.port");
+            let end_at = || format!("{at}.endPort");
             let port = match (&p.port, p.end_port) {
                 (None, None) => PortSpec::All,
-                (None, Some(_)) => return Err(format!("{at}.endPort: needs a numeric port")),
+                (None, Some(_)) => return Err(invalid(end_at(), Invalid::EndPortWithoutPort)),
                 (Some(IntOrString::String(name)), None) => {
                     if let Ok(n) = name.parse::<u16>() {
-                        return Err(format!("{at}.port: {n:?} is a string; write the number without quotes"));
+                        return Err(invalid(port_at(), Invalid::QuotedNumber(n)));
                     }
                     if name.is_empty() {
-                        return Err(format!("{at}.port: empty port name"));
+                        return Err(invalid(port_at(), Invalid::EmptyPortName));
                     }
                     PortSpec::Named(name.clone())
                 }
-                (Some(IntOrString::String(_)), Some(_)) => return Err(format!("{at}.endPort: needs a numeric port, not a named one")),
+                (Some(IntOrString::String(_)), Some(_)) => return Err(invalid(end_at(), Invalid::EndPortWithNamedPort)),
                 (Some(IntOrString::Int(n)), end) => {
-                    let start = port_number(*n).ok_or_else(|| format!("{at}.port: {n} is not in 1-65535"))?;
+                    let start = port_number(*n).ok_or_else(|| invalid(port_at(), Invalid::PortOutOfRange(*n)))?;
                     let end = match end {
                         None => start,
                         Some(e) => {
-                            let e = port_number(e).ok_or_else(|| format!("{at}.endPort: {e} is not in 1-65535"))?;
+                            let e = port_number(e).ok_or_else(|| invalid(end_at(), Invalid::PortOutOfRange(e)))?;
                             if e < start {
-                                return Err(format!("{at}.endPort: {e} is below port {start}"));
+                                return Err(invalid(end_at(), Invalid::EndPortBelow { end: e, start }));
                             }
                             e
                         }

@@ -6,7 +6,7 @@
 pub mod convert;
 pub mod selector;
 
-pub use convert::{namespace_from_k8s, pod_from_k8s, policy_from_k8s};
+pub use convert::{namespace_from_k8s, pod_from_k8s, policy_from_k8s, Invalid, InvalidField};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -71,6 +71,14 @@ impl Direction {
             Self::Ingress
         } else {
             Self::Egress
+        }
+    }
+
+    /// The direction as `policyTypes` names it: `Ingress` or `Egress`.
+    pub fn policy_type(self) -> &'static str {
+        match self {
+            Self::Ingress => "Ingress",
+            Self::Egress => "Egress",
         }
     }
 
@@ -176,6 +184,14 @@ pub struct Pod {
     pub ips: Vec<IpAddr>,
     /// Named container ports.
     pub named_ports: Vec<NamedPort>,
+}
+
+impl Pod {
+    /// An address of this pod and one of `to` of the same family: the two ends of a flow from
+    /// this pod to `to` (the first of `to`'s addresses that this pod has a family for).
+    pub fn addresses_to(&self, to: &Pod) -> Option<(IpAddr, IpAddr)> {
+        to.ips.iter().find_map(|d| self.ips.iter().find(|s| s.is_ipv4() == d.is_ipv4()).map(|s| (*s, *d)))
+    }
 }
 
 /// A validated NetworkPolicy with defaults applied.

@@ -31,6 +31,35 @@ pub struct Selector {
     pub requirements: Vec<Requirement>,
 }
 
+/// A label selector that cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// `In` or `NotIn` without values.
+    #[error("matchExpressions key {key:?}: operator {operator} needs values")]
+    NeedsValues {
+        /// The key.
+        key: String,
+        /// The operator.
+        operator: String,
+    },
+    /// `Exists` or `DoesNotExist` with values.
+    #[error("matchExpressions key {key:?}: operator {operator} takes no values")]
+    TakesNoValues {
+        /// The key.
+        key: String,
+        /// The operator.
+        operator: String,
+    },
+    /// An operator the API does not have.
+    #[error("matchExpressions key {key:?}: unknown operator {operator:?}")]
+    UnknownOperator {
+        /// The key.
+        key: String,
+        /// The operator.
+        operator: String,
+    },
+}
+
 impl Selector {
     /// The selector that matches every object (`{}`).
     pub fn everything() -> Self {
@@ -38,7 +67,7 @@ impl Selector {
     }
 
     /// Validates a Kubernetes label selector.
-    pub fn parse(sel: &LabelSelector) -> Result<Self, String> {
+    pub fn parse(sel: &LabelSelector) -> Result<Self, SelectorError> {
         let mut requirements = Vec::new();
         for (k, v) in sel.match_labels.iter().flatten() {
             requirements.push(Requirement::In(k.clone(), vec![v.clone()]));
@@ -46,17 +75,15 @@ impl Selector {
         for e in sel.match_expressions.iter().flatten() {
             let values = e.values.clone().unwrap_or_default();
             let req = match e.operator.as_str() {
-                "In" | "NotIn" if values.is_empty() => {
-                    return Err(format!("matchExpressions key {:?}: operator {} needs values", e.key, e.operator));
-                }
+                "In" | "NotIn" if values.is_empty() => return Err(SelectorError::NeedsValues { key: e.key.clone(), operator: e.operator.clone() }),
                 "In" => Requirement::In(e.key.clone(), values),
                 "NotIn" => Requirement::NotIn(e.key.clone(), values),
                 "Exists" | "DoesNotExist" if !values.is_empty() => {
-                    return Err(format!("matchExpressions key {:?}: operator {} takes no values", e.key, e.operator));
+                    return Err(SelectorError::TakesNoValues { key: e.key.clone(), operator: e.operator.clone() })
                 }
                 "Exists" => Requirement::Exists(e.key.clone()),
                 "DoesNotExist" => Requirement::DoesNotExist(e.key.clone()),
-                other => return Err(format!("matchExpressions key {:?}: unknown operator {other:?}", e.key)),
+                other => return Err(SelectorError::UnknownOperator { key: e.key.clone(), operator: other.to_string() }),
             };
             requirements.push(req);
         }
@@ -156,8 +183,8 @@ mod tests {
     #[test]
     fn invalid_selectors_are_rejected_with_the_reason() {
         let bad = |e| Selector::parse(&LabelSelector { match_labels: None, match_expressions: Some(vec![e]) });
-        assert!(bad(expr("k", "Equals", &["v"])).unwrap_err().contains("unknown operator"));
-        assert!(bad(expr("k", "In", &[])).unwrap_err().contains("needs values"));
-        assert!(bad(expr("k", "Exists", &["v"])).unwrap_err().contains("takes no values"));
+        assert!(bad(expr("k", "Equals", &["v"])).unwrap_err().to_string().contains("unknown operator"));
+        assert!(bad(expr("k", "In", &[])).unwrap_err().to_string().contains("needs values"));
+        assert!(bad(expr("k", "Exists", &["v"])).unwrap_err().to_string().contains("takes no values"));
     }
 }

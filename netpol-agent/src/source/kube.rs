@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     model::{namespace_from_k8s, pod_from_k8s, policy_from_k8s, ClusterState, Problem},
-    source::Snapshot,
+    source::{Snapshot, SourceError},
 
 };
 
@@ -240,7 +240,7 @@ const LIST_PAGE: u32 = 500;
 /// cluster-wide (paged), converted as the watchers' [`KubeSource::snapshot`] converts its
 /// stores; `resource_versions` holds each list's resourceVersion. For the commands that answer
 /// once (`explain`, `lint`, `graph` without `--manifests`): no watch, no Events posted.
-pub async fn list_snapshot(client: Client) -> anyhow::Result<Snapshot> {
+pub async fn list_snapshot(client: Client) -> Result<Snapshot, SourceError> {
     let (namespaces, namespaces_version) = list_all(Api::<Namespace>::all(client.clone()), NAMESPACES, |_| {}).await?;
     let (pods, pods_version) = list_all(Api::<Pod>::all(client.clone()), PODS, trim_pod).await?;
     let (policies, policies_version) = list_all(Api::<NetworkPolicy>::all(client), POLICIES, |_| {}).await?;
@@ -255,16 +255,15 @@ pub async fn list_snapshot(client: Client) -> anyhow::Result<Snapshot> {
 
 /// Every object of one resource, page by page (following `continue`), each passed through
 /// `trim` as the watchers do, with the resourceVersion of the list.
-async fn list_all<K>(api: Api<K>, resource: &'static str, trim: fn(&mut K)) -> anyhow::Result<(Vec<Arc<K>>, String)>
+async fn list_all<K>(api: Api<K>, resource: &'static str, trim: fn(&mut K)) -> Result<(Vec<Arc<K>>, String), SourceError>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    use anyhow::Context as _;
     let mut objects = Vec::new();
     let mut version = None;
     let mut params = ListParams::default().limit(LIST_PAGE);
     loop {
-        let page = api.list(&params).await.with_context(|| format!("list {resource}"))?;
+        let page = api.list(&params).await.map_err(|source| SourceError::List { resource, source: Box::new(source) })?;
         // Later pages are served from the first page's snapshot: its version is the list's.
         if version.is_none() {
             version = page.metadata.resource_version.clone();

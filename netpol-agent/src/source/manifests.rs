@@ -116,36 +116,58 @@ pub fn parse_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Loaded {
     loaded
 }
 
-/// Parses the YAML documents of one file into `loaded`.
-pub fn load_documents(text: &str, file: &str, loaded: &mut Loaded, seen: &mut std::collections::BTreeSet<(String, String, String)>) {
-    use serde::Deserialize as _;
+/// How manifests are read: YAML 1.2 (only `true` and `false` are booleans, so a label value
+/// `y` or `on` stays a string), with the parser's default limits on aliases and depth.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
 
-    use crate::model::Problem;
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match serde_yaml::Value::deserialize(doc) {
+/// The objects of one manifest file, in order: each YAML (or JSON) document, or the items of a
+/// `*List` document, with the number (from 1) of the document it is in. Reading stops at a
+/// document that is not YAML (a YAML stream cannot be resynchronised after a syntax error):
+/// then the last element is that document's number and the error.
+pub fn objects(text: &str) -> Vec<Result<(usize, serde_json::Value), (usize, serde_saphyr::Error)>> {
+    let mut out = Vec::new();
+    let mut reader = std::io::Cursor::new(text.as_bytes());
+    for (i, doc) in serde_saphyr::read_with_options::<_, serde_json::Value>(&mut reader, yaml_options()).enumerate() {
+        let number = i + 1;
+        let value = match doc {
             Ok(v) => v,
             Err(e) => {
-                loaded.problems.push(Problem { object: format!("{file} (document {})", i + 1), reason: format!("malformed YAML: {e}") });
-                // The YAML stream cannot be resynchronised after a syntax error.
-                return;
+                out.push(Err((number, e)));
+                break;
             }
         };
         if value.is_null() {
             continue;
         }
-        let items = match value.get("kind").and_then(|k| k.as_str()) {
-            Some(k) if k.ends_with("List") => value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default(),
-            _ => vec![value],
-        };
-        for item in items {
-            add_object(item, &format!("{file} (document {})", i + 1), loaded, seen);
+        match value.get("kind").and_then(serde_json::Value::as_str) {
+            Some(k) if k.ends_with("List") => {
+                let items = value.get("items").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+                out.extend(items.into_iter().map(|item| Ok((number, item))));
+            }
+            _ => out.push(Ok((number, value))),
+        }
+    }
+    out
+}
+
+/// Parses the YAML documents of one file into `loaded`.
+pub fn load_documents(text: &str, file: &str, loaded: &mut Loaded, seen: &mut std::collections::BTreeSet<(String, String, String)>) {
+    use crate::model::Problem;
+    for object in objects(text) {
+        match object {
+            Ok((number, item)) => add_object(item, &format!("{file} (document {number})"), loaded, seen),
+            Err((number, e)) => {
+                loaded.problems.push(Problem { object: format!("{file} (document {number})"), reason: format!("malformed YAML: {e}") });
+            }
         }
     }
 }
 
-fn add_object(value: serde_yaml::Value, at: &str, loaded: &mut Loaded, seen: &mut std::collections::BTreeSet<(String, String, String)>) {
+fn add_object(value: serde_json::Value, at: &str, loaded: &mut Loaded, seen: &mut std::collections::BTreeSet<(String, String, String)>) {
     use k8s_openapi::api::{
-        core::v1::{Namespace, Pod},
+        core::v1::Pod,
         networking::v1::NetworkPolicy,
     };
 
@@ -170,42 +192,35 @@ fn add_object(value: serde_yaml::Value, at: &str, loaded: &mut Loaded, seen: &mu
         loaded.problems.push(problem("duplicate object: defined more than once; the first definition is used".into()));
         return;
     }
-    match kind.as_str() {
-        "Namespace" => match serde_yaml::from_value::<Namespace>(value).map_err(|e| problem(format!("invalid Namespace: {e}"))) {
-            Ok(ns) => match namespace_from_k8s(&ns) {
-                Ok(ns) => {
-                    loaded.state.namespaces.insert(ns.name.clone(), ns);
-                }
-                Err(mut p) => {
-                    p.reason = format!("{} (in {at})", p.reason);
-                    loaded.problems.push(p);
-                }
-            },
-            Err(p) => loaded.problems.push(p),
-        },
-        "Pod" => match serde_yaml::from_value::<Pod>(value).map_err(|e| problem(format!("invalid Pod: {e}"))) {
-            Ok(pod) => match pod_from_k8s(&pod, DEFAULT_NAMESPACE) {
-                Ok(Some(pod)) => loaded.state.insert_pod(pod),
-                Ok(None) => {}
-                Err(mut p) => {
-                    p.reason = format!("{} (in {at})", p.reason);
-                    loaded.problems.push(p);
-                }
-            },
-            Err(p) => loaded.problems.push(p),
-        },
-        _ => match serde_yaml::from_value::<NetworkPolicy>(value).map_err(|e| problem(format!("invalid NetworkPolicy: {e}"))) {
-            Ok(np) => match policy_from_k8s(&np, DEFAULT_NAMESPACE) {
-                Ok(policy) => {
-                    loaded.state.policies.insert(policy.id.clone(), policy);
-                }
-                Err(mut p) => {
-                    p.reason = format!("{} (in {at})", p.reason);
-                    loaded.problems.push(p);
-                }
-            },
-            Err(p) => loaded.problems.push(p),
-        },
+    // The object as its Kubernetes type, then converted; either failure is the object's problem.
+    fn convert<K: serde::de::DeserializeOwned, T>(
+        value: serde_json::Value,
+        kind: &str,
+        at: &str,
+        problem: impl Fn(String) -> Problem,
+        from_k8s: impl FnOnce(&K) -> Result<T, Problem>,
+    ) -> Result<T, Problem> {
+        let object = serde_json::from_value::<K>(value).map_err(|e| problem(format!("invalid {kind}: {e}")))?;
+        from_k8s(&object).map_err(|mut p| {
+            p.reason = format!("{} (in {at})", p.reason);
+            p
+        })
+    }
+    let added = match kind.as_str() {
+        "Namespace" => convert(value, &kind, at, problem, namespace_from_k8s).map(|ns: crate::model::Namespace| {
+            loaded.state.namespaces.insert(ns.name.clone(), ns);
+        }),
+        "Pod" => convert(value, &kind, at, problem, |p: &Pod| pod_from_k8s(p, DEFAULT_NAMESPACE)).map(|pod| {
+            if let Some(pod) = pod {
+                loaded.state.insert_pod(pod);
+            }
+        }),
+        _ => convert(value, &kind, at, problem, |np: &NetworkPolicy| policy_from_k8s(np, DEFAULT_NAMESPACE)).map(|policy| {
+            loaded.state.policies.insert(policy.id.clone(), policy);
+        }),
+    };
+    if let Err(p) = added {
+        loaded.problems.push(p);
     }
 }
 

@@ -7,7 +7,6 @@ pub mod manifests;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
-use anyhow::Context as _;
 
 use crate::{
     source::kube::KubeSource,
@@ -15,6 +14,27 @@ use crate::{
     model::{ClusterState, Problem},
 
 };
+
+/// Why a source could not give a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The manifest directory could not be read.
+    #[error("read {dir}: {source}")]
+    Read {
+        /// The directory.
+        dir: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The API server refused or failed a list.
+    #[error("list {resource}: {source}")]
+    List {
+        /// The resource.
+        resource: &'static str,
+        /// Cause.
+        source: Box<::kube::Error>,
+    },
+}
 
 /// One complete, typed view of the cluster.
 #[derive(Clone, Debug, Default)]
@@ -112,10 +132,10 @@ impl Source {
     /// The current snapshot (shared with the source, which hands out the same one until
     /// something changes), or `None` while the source cannot give a complete one yet (the API
     /// source before every resource has been listed once): nothing may be programmed then.
-    pub fn snapshot(&self) -> anyhow::Result<Option<Arc<Snapshot>>> {
+    pub fn snapshot(&self) -> Result<Option<Arc<Snapshot>>, SourceError> {
         match self {
             Self::Manifests(dir) => {
-                let loaded = dir.load().with_context(|| format!("read {}", dir.path().display()))?;
+                let loaded = dir.load().map_err(|source| SourceError::Read { dir: dir.path().to_path_buf(), source })?;
                 Ok(Some(loaded))
             }
             Self::Kube(kube) => Ok(kube.snapshot()),

@@ -8,7 +8,9 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use netpol_common::{Reason, CIDRS_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, IPCACHE_MAX, MAP_CONNTRACK, POLICY_MAX};
+use netpol_common::{CIDRS_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, IPCACHE_MAX, MAP_CONNTRACK, POLICY_MAX};
+use super::report::{PodPackets, SyncReport};
+use crate::model::ObjectRef;
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -58,9 +60,6 @@ pub struct EventLabels {
     /// `sent`, `suppressed` (rate limit) or `lost` (ring buffer full).
     pub outcome: String,
 }
-
-/// Per-pod counters as the status file carries them: pod -> direction -> reason -> packets.
-pub type PodPackets = BTreeMap<String, BTreeMap<&'static str, BTreeMap<&'static str, u64>>>;
 
 /// The metrics, updated by the run loop after each sync and encoded per scrape.
 pub struct Metrics {
@@ -167,42 +166,38 @@ impl Metrics {
     }
 
     /// Records a sync that programmed a complete state.
-    pub fn synced(&self, programming_seconds: f64, status: &crate::run::Status) {
+    pub fn synced(&self, programming_seconds: f64, report: &SyncReport) {
         self.syncs.inc();
         self.ready.set(1);
         self.programming_seconds.observe(programming_seconds);
-        for e in &status.errors {
-            if e.starts_with("attach ") {
+        for e in &report.errors {
+            if e.is_attach() {
                 self.attach_errors.inc();
             } else {
                 self.datapath_errors.inc();
             }
         }
-        self.invalid_objects.set(status.problems.len() as i64);
-        self.local_pods.set(status.local_pods.len() as i64);
-        self.attached_pods.set(status.attached.len() as i64);
-        for (map, n) in &status.entries {
-            self.map_entries.get_or_create(&MapLabels { map: map.clone() }).set(*n as i64);
+        self.invalid_objects.set(gauge(report.problems.len()));
+        self.local_pods.set(gauge(report.local_pods.len()));
+        self.attached_pods.set(gauge(report.attached.len()));
+        for (map, n) in report.entries.by_name() {
+            self.map_entries.get_or_create(&MapLabels { map: map.into() }).set(gauge(n));
         }
-        self.packets_seen(&status.packets);
-        let rules = status.policy_hits.iter().filter_map(|(key, n)| {
-            let (policy, rule) = key.rsplit_once(' ')?;
-            let (namespace, policy) = policy.split_once('/')?;
-            Some((RuleLabels { namespace: namespace.into(), policy: policy.into(), rule: rule.into() }, *n))
+        self.packets_seen(&report.packets);
+        let rules = report.policy_hits.iter().map(|(rule, n)| {
+            (RuleLabels { namespace: rule.policy.namespace.clone(), policy: rule.policy.name.clone(), rule: rule.rule() }, *n)
         });
         add_moved(&self.policy_hits, &self.last_rules, rules);
-        let events = status.events.iter().flat_map(|(pod, outcomes)| {
-            let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
-            outcomes.iter().map(move |(outcome, n)| {
-                (EventLabels { namespace: namespace.into(), pod: name.into(), outcome: (*outcome).into() }, *n)
-            })
+        let events = report.events.iter().flat_map(|(pod, counts)| {
+            [("sent", counts.sent), ("suppressed", counts.suppressed), ("lost", counts.lost)]
+                .map(|(outcome, n)| (EventLabels { namespace: pod.namespace.clone(), pod: pod.name.clone(), outcome: outcome.into() }, n))
         });
         add_moved(&self.events, &self.last_events, events);
     }
 
     /// Sets the conntrack fill level (entries counted in the pinned map).
     pub fn conntrack_entries(&self, n: usize) {
-        self.map_entries.get_or_create(&MapLabels { map: "conntrack".into() }).set(n as i64);
+        self.map_entries.get_or_create(&MapLabels { map: "conntrack".into() }).set(gauge(n));
     }
 
     /// Records a failed sync.
@@ -212,18 +207,16 @@ impl Metrics {
 
     /// Adds what each kernel counter moved since the last call (a counter that went back —
     /// a pod's slot given to a new pod — starts again from its new value).
-    pub fn packets_seen(&self, packets: &PodPackets) {
+    pub fn packets_seen(&self, packets: &BTreeMap<ObjectRef, PodPackets>) {
         let counts = packets.iter().flat_map(|(pod, directions)| {
-            let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
             directions.iter().flat_map(move |(direction, reasons)| {
                 reasons.iter().map(move |(reason, n)| {
-                    let drop = Reason::ALL.iter().any(|r| r.name() == *reason && r.is_drop());
                     let labels = PacketLabels {
-                        namespace: namespace.to_string(),
-                        pod: name.to_string(),
-                        direction: (*direction).to_string(),
-                        reason: (*reason).to_string(),
-                        verdict: if drop { "drop" } else { "allow" }.to_string(),
+                        namespace: pod.namespace.clone(),
+                        pod: pod.name.clone(),
+                        direction: direction.to_string(),
+                        reason: reason.name().to_string(),
+                        verdict: if reason.is_drop() { "drop" } else { "allow" }.to_string(),
                     };
                     (labels, *n)
                 })
@@ -240,6 +233,11 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// A count as a gauge's value (saturating: no map holds 2^63 entries).
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Adds to each counter of `family` what its kernel count moved since the last call (a count
@@ -274,7 +272,7 @@ pub fn count_conntrack_in_background(pin_path: &std::path::Path, metrics: std::s
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let path = pin_path.join(MAP_CONNTRACK);
     let spawned = std::thread::Builder::new().name("conntrack-count".into()).spawn(move || loop {
-        match count_conntrack(&path) {
+        match crate::datapath::counters::count_conntrack(&path) {
             Ok(n) => metrics.conntrack_entries(n),
             Err(e) => tracing::debug!(error = %e, "could not count conntrack entries"),
         }
@@ -286,16 +284,6 @@ pub fn count_conntrack_in_background(pin_path: &std::path::Path, metrics: std::s
         tracing::warn!(error = %e, "could not start the conntrack counting thread");
     }
     ConntrackCounter { _stop: stop }
-}
-
-/// The number of entries in the pinned conntrack map at `path`, read in batches
-/// ([`crate::datapath::map_count`]).
-pub fn count_conntrack(path: &std::path::Path) -> anyhow::Result<usize> {
-    use anyhow::Context as _;
-    use std::os::fd::AsFd as _;
-    let data = aya::maps::MapData::from_pin(path).with_context(|| format!("open {}", path.display()))?;
-    let fd = data.fd().as_fd();
-    Ok(crate::datapath::map_count::count_entries(fd, std::mem::size_of::<netpol_common::CtKey>(), std::mem::size_of::<netpol_common::CtValue>())?)
 }
 
 impl PartialOrd for PacketLabels {
@@ -312,10 +300,14 @@ impl Ord for PacketLabels {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use netpol_common::Reason;
 
-    fn packets(n: u64) -> PodPackets {
-        BTreeMap::from([("x/a".to_string(), BTreeMap::from([("ingress", BTreeMap::from([("drop_no_rule", n), ("allow_policy", 2)]))]))])
+    use super::*;
+    use crate::model::Direction;
+
+    fn packets(n: u64) -> BTreeMap<ObjectRef, PodPackets> {
+        let reasons = BTreeMap::from([(Reason::DropNoRule, n), (Reason::AllowPolicy, 2)]);
+        BTreeMap::from([(ObjectRef::new("x", "a"), BTreeMap::from([(Direction::Ingress, reasons)]))])
     }
 
     #[test]
@@ -337,7 +329,7 @@ mod tests {
     #[test]
     fn every_series_is_exposed() {
         let m = Metrics::new();
-        m.synced(0.012, &crate::run::Status::default());
+        m.synced(0.012, &SyncReport::default());
         let text = m.encode();
         for series in [
             "netpol_packets",

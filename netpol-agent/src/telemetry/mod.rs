@@ -6,3 +6,4 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod observe;
+pub mod report;

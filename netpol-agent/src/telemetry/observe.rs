@@ -7,9 +7,38 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _};
-
 use crate::telemetry::events::{EventFilter, VerdictRecord};
+
+/// Why `observe` stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// Talking to the agent, or writing what it sent, failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The agent refused the stream.
+    #[error("the agent at {agent} answered {status}: {body}")]
+    Refused {
+        /// The agent's address.
+        agent: String,
+        /// Its status line.
+        status: String,
+        /// Its answer.
+        body: String,
+    },
+}
+
+/// A line of the stream that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct BadLine {
+    what: &'static str,
+    source: serde_json::Error,
+}
 
 /// One line of the stream: a record, or how many records this reader lost by falling behind.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,38 +50,42 @@ pub enum StreamLine {
 }
 
 /// Parses one line of the `/events` stream.
-pub fn parse_line(line: &str) -> anyhow::Result<StreamLine> {
-    let value: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
+pub fn parse_line(line: &str) -> Result<StreamLine, BadLine> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|source| BadLine { what: "not JSON", source })?;
     if let Some(n) = value.get("lost").and_then(serde_json::Value::as_u64) {
         return Ok(StreamLine::Lost(n));
     }
-    Ok(StreamLine::Record(Box::new(serde_json::from_value(value).context("not a verdict record")?)))
+    Ok(StreamLine::Record(Box::new(serde_json::from_value(value).map_err(|source| BadLine { what: "not a verdict record", source })?)))
 }
 
 /// Streams the agent's verdicts that pass `filter` to stdout until the agent closes the stream,
 /// stdout closes, or `count` records were printed. `token` is sent as a bearer token.
-pub fn observe(agent: &str, token: Option<&str>, filter: &EventFilter, json: bool, count: Option<u64>) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(agent).with_context(|| format!("connect to the agent at {agent} (its --health-addr)"))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5))).context("set write timeout")?;
+pub fn observe(agent: &str, token: Option<&str>, filter: &EventFilter, json: bool, count: Option<u64>) -> Result<(), ObserveError> {
+    let io = |op: &str| {
+        let op = op.to_string();
+        move |source| ObserveError::Io { op, source }
+    };
+    let mut stream = TcpStream::connect(agent).map_err(io(&format!("connect to the agent at {agent} (its --health-addr)")))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(io("set write timeout"))?;
     // HTTP/1.0: the body runs, unchunked, until the agent closes the connection.
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET /events?{} HTTP/1.0\r\nHost: {agent}\r\n{auth}\r\n", filter.to_query()).context("send the request")?;
+    write!(stream, "GET /events?{} HTTP/1.0\r\nHost: {agent}\r\n{auth}\r\n", filter.to_query()).map_err(io("send the request"))?;
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
-    reader.read_line(&mut status).context("read the agent's answer")?;
+    reader.read_line(&mut status).map_err(io("read the agent's answer"))?;
     let mut header = String::new();
-    while reader.read_line(&mut header).context("read the answer's headers")? > 0 && header.trim_end() != "" {
+    while reader.read_line(&mut header).map_err(io("read the answer's headers"))? > 0 && header.trim_end() != "" {
         header.clear();
     }
     if status.split_whitespace().nth(1).is_none_or(|code| code != "200") {
         let mut body = String::new();
         let _ = std::io::Read::read_to_string(&mut reader, &mut body);
-        bail!("the agent at {agent} answered {}: {}", status.trim_end(), body.trim_end());
+        return Err(ObserveError::Refused { agent: agent.to_string(), status: status.trim_end().to_string(), body: body.trim_end().to_string() });
     }
     let stdout = std::io::stdout();
     let mut printed = 0u64;
     for line in reader.lines() {
-        let line = line.context("read the event stream")?;
+        let line = line.map_err(io("read the event stream"))?;
         if line.is_empty() {
             continue;
         }
@@ -77,7 +110,7 @@ pub fn observe(agent: &str, token: Option<&str>, filter: &EventFilter, json: boo
         let mut out = stdout.lock();
         match writeln!(out, "{text}").and_then(|()| out.flush()) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            r => r.context("write to stdout")?,
+            r => r.map_err(io("write to stdout"))?,
         }
         printed += 1;
         if count.is_some_and(|c| printed >= c) {

@@ -223,7 +223,7 @@ fn addresses(src: &Named<'_>, dst: &Named<'_>) -> Result<(IpAddr, IpAddr), Expla
 
 /// The explanation of one direction at `this` end, the other end being `other`.
 fn side(state: &ClusterState, dataplane: &Dataplane, direction: Direction, this: &End<'_>, other: &End<'_>, port: PortQuery) -> Side {
-    let dir = direction_word(direction);
+    let dir = direction;
     let Some(pod) = this.pod else {
         return Side {
             pod: None,
@@ -234,19 +234,13 @@ fn side(state: &ClusterState, dataplane: &Dataplane, direction: Direction, this:
             summary: format!("{} is not a pod of the cluster: no policy applies to its {dir}", this.ip),
         };
     };
-    let selecting = selecting_policies(state, pod);
-    let isolates = |p: &Policy| match direction {
-        Direction::Ingress => p.isolates_ingress,
-        Direction::Egress => p.isolates_egress,
-    };
+    let selecting: Vec<&Policy> = state.policies_selecting(pod).collect();
+    let isolates = |p: &Policy| p.isolates(direction);
     let isolated = selecting.iter().any(|p| isolates(p));
     let policies = selecting.iter().map(|p| PolicyVerdict { name: p.id.to_string(), isolates: isolates(p) }).collect();
     let mut rules = Vec::new();
     for policy in &selecting {
-        let list = match direction {
-            Direction::Ingress => &policy.ingress,
-            Direction::Egress => &policy.egress,
-        };
+        let list = policy.rules(direction);
         for (index, rule) in list.iter().enumerate() {
             let m = rule_match(state, policy, direction, rule, pod, other, port);
             let matched = isolates(policy) && m.matched;
@@ -262,7 +256,7 @@ fn side(state: &ClusterState, dataplane: &Dataplane, direction: Direction, this:
     side
 }
 
-fn summary(side: &Side, dir: &str, isolating: &[String], concrete: bool) -> String {
+fn summary(side: &Side, dir: Direction, isolating: &[String], concrete: bool) -> String {
     let pod = side.pod.as_deref().unwrap_or_default();
     let matched: Vec<String> = side.rules.iter().filter(|r| r.matched).map(|r| format!("{} {dir}[{}]", r.policy, r.index)).collect();
     let mut s = if !side.isolated {
@@ -280,17 +274,6 @@ fn summary(side: &Side, dir: &str, isolating: &[String], concrete: bool) -> Stri
     s
 }
 
-fn direction_word(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    }
-}
-
-/// The policies that select `pod`: its namespace's, whose podSelector matches it.
-pub fn selecting_policies<'a>(state: &'a ClusterState, pod: &Pod) -> Vec<&'a Policy> {
-    state.policies.values().filter(|p| p.id.namespace == pod.id.namespace && p.pod_selector.matches(&pod.labels)).collect()
-}
 
 /// How one rule fares against the other end.
 struct RuleMatch {
@@ -473,7 +456,7 @@ pub fn selector_text(sel: &Selector) -> String {
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} -> {} on {}: {}", self.from, self.to, self.port, if self.allowed { "ALLOWED" } else { "DENIED" })?;
-        for (dir, side) in [("egress", &self.egress), ("ingress", &self.ingress)] {
+        for (dir, side) in [(Direction::Egress, &self.egress), (Direction::Ingress, &self.ingress)] {
             writeln!(f)?;
             match &side.pod {
                 Some(p) => writeln!(f, "{dir} at {p}: {}", side.summary)?,
@@ -489,7 +472,3 @@ impl fmt::Display for Explanation {
         Ok(())
     }
 }
-
-#[cfg(test)]
-#[path = "explain_tests.rs"]
-pub(crate) mod tests;

@@ -165,7 +165,7 @@ pub fn reachability(state: &ClusterState) -> Reachability {
             if i == j {
                 continue;
             }
-            let Some((src_ip, dst_ip)) = common_family(src, dst) else { continue };
+            let Some((src_ip, dst_ip)) = src.addresses_to(dst) else { continue };
             let allowed: BTreeSet<usize> = classes
                 .iter()
                 .enumerate()
@@ -223,9 +223,6 @@ fn isolation(state: &ClusterState, pod: &Pod) -> (bool, bool) {
     (selecting.iter().any(|p| p.isolates_ingress), selecting.iter().any(|p| p.isolates_egress))
 }
 
-fn common_family(src: &Pod, dst: &Pod) -> Option<(IpAddr, IpAddr)> {
-    dst.ips.iter().find_map(|d| src.ips.iter().find(|s| s.is_ipv4() == d.is_ipv4()).map(|s| (*s, *d)))
-}
 
 fn pair_allows(dp: &Dataplane, src: &Pod, dst: &Pod, src_ip: IpAddr, dst_ip: IpAddr, protocol: Protocol, port: u16) -> bool {
     let out = Flow { direction: Direction::Egress, peer: dst_ip, protocol: protocol.number(), port };
@@ -380,7 +377,3 @@ pub fn to_svg(r: &Reachability) -> String {
     out.push_str("</svg>\n");
     out
 }
-
-#[cfg(test)]
-#[path = "graph_tests.rs"]
-mod tests;

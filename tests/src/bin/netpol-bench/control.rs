@@ -5,10 +5,10 @@ use std::{collections::BTreeMap, time::Instant};
 
 use netpol_agent::{
     compile::{CompileOptions, Compiler},
-    datapath::Datapath,
 
 };
 use netpol_sandbox::{manifests::ManifestDir, Agent, Node, Shape};
+use netpol_testkit::datapath::{DataPath, PinDir};
 
 use crate::{synth, Figures};
 
@@ -55,10 +55,9 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     figures.add("policy_entries_10k_pods_1k_policies", counts["policy"] as f64, "entries");
 
     // Single changes against a loaded data path: map writes and wall time.
-    let pin = netpol_sandbox::host_bpffs()?.join(format!("netpol-bench-control-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&pin);
-    let result = (|| -> anyhow::Result<()> {
-        let mut dp = Datapath::load(&pin)?;
+    {
+        let mut fixture = DataPath::load_at(PinDir::new("netpol-bench-control"))?;
+        let dp = &mut fixture.dp;
         let mut compiler = Compiler::new();
         let first = compiler.compile(&state, &opts());
         let stats = dp.apply_maps(&first, &BTreeMap::new());
@@ -91,10 +90,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         println!("  control: a policy added: {w} map writes, {:.1} ms", t * 1e3);
         figures.add("policy_add_map_writes", w as f64, "writes");
         figures.add("policy_add_ms", t * 1e3, "ms");
-        Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&pin);
-    result?;
+    }
 
     // The real agent with that state loaded and its maps programmed: peak RSS.
     let node = Node::new(Shape::Bridge)?;

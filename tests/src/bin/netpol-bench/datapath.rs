@@ -1,14 +1,15 @@
 //! Per-packet cost of the real classifiers, by BPF_PROG_TEST_RUN (the kernel's own timing),
-//! with the maps filled by the real compiler and reconciler.
+//! with the maps filled by the real compiler and reconciler (the test kit's data-path fixture).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::collections::BTreeMap;
 
-use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::{
-    compile::{CompileOptions, Compiler},
-    datapath::{Datapath, PodInterface, PROG_NOOP, PROG_TO_POD},
+    datapath::{PROG_NOOP, PROG_TO_POD},
     model::ObjectRef,
-
+};
+use netpol_testkit::{
+    datapath::{DataPath, PinDir, ALLOW, DROP},
+    frames,
 };
 
 use crate::{synth::pod_ip, Figures};
@@ -17,22 +18,7 @@ const LOCAL: &str = "198.18.0.10";
 
 /// An Ethernet + IPv4 + TCP SYN frame.
 fn tcp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    f.extend_from_slice(&ip);
-    let mut tcp = [0u8; 20];
-    tcp[..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    f.extend_from_slice(&tcp);
-    f
+    frames::ipv4(src, dst, frames::TCP, 0, 0, &frames::tcp(sport, dport, true))
 }
 
 fn octets(ip: std::net::IpAddr) -> [u8; 4] {
@@ -45,19 +31,10 @@ fn octets(ip: std::net::IpAddr) -> [u8; 4] {
 /// A data path whose local pod x/a (ifindex 1, what BPF_PROG_TEST_RUN uses) is isolated for
 /// ingress by `entries` policies, each admitting one peer pod on TCP 80; peer 0 is the client.
 struct Bench {
-    dp: Datapath,
-    pin: PathBuf,
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin);
-    }
+    dp: DataPath,
 }
 
 fn setup(entries: u32) -> anyhow::Result<Bench> {
-    let pin = netpol_sandbox::host_bpffs()?.join(format!("netpol-bench-{}-{entries}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&pin);
     let mut yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, labels: {{app: a}}}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\nstatus: {{podIP: {LOCAL}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: open, namespace: x, labels: {{app: open}}}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\nstatus: {{podIP: 198.18.0.11}}\n"
     );
@@ -68,28 +45,16 @@ fn setup(entries: u32) -> anyhow::Result<Bench> {
         ));
     }
     let state = crate::synth::state(&yaml);
-    let desired = Compiler::new().compile(&state, &CompileOptions { node: "n1".into(), host_ips: vec![], allow_host: false });
-    // A data path that fails to load (a program the verifier refuses) leaves its pin directory;
-    // once loaded, the Bench removes it whatever happens next.
-    let dp = Datapath::load(&pin).inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&pin);
-    })?;
-    let mut bench = Bench { dp, pin };
-    let ifaces = BTreeMap::from([(ObjectRef::new("x", "a"), PodInterface { ifindex: 1, name: "lo".into() })]);
-    let stats = bench.dp.apply_maps(&desired, &ifaces);
-    anyhow::ensure!(stats.errors.is_empty(), "{:?}", stats.errors);
-    Ok(bench)
+    let mut dp = DataPath::load_at(PinDir::new("netpol-bench"))?;
+    dp.program(&state, "n1", &[(ObjectRef::new("x", "a"), 1)]);
+    Ok(Bench { dp })
 }
 
 impl Bench {
     /// Mean ns per run over `repeat` runs of one frame, as the kernel measures it.
     fn run(&mut self, prog: &str, frame: &[u8], repeat: u32) -> anyhow::Result<(f64, u32)> {
-        let p = self.dp.program(prog)?;
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
-        let r = p.test_run(opts)?;
-        Ok((r.duration.as_nanos() as f64, r.return_value))
+        let (duration, verdict) = self.dp.run_timed(prog, frame, repeat);
+        Ok((duration.as_nanos() as f64, verdict))
     }
 
     /// Median ns of single runs over distinct new flows from `src` (each a conntrack miss).
@@ -105,8 +70,6 @@ impl Bench {
 }
 
 const REPEAT: u32 = 200_000;
-const ALLOW: u32 = u32::MAX;
-const DROP: u32 = 2;
 
 /// Fills conntrack with `n` allowed flows (distinct client ports and peers).
 fn fill_conntrack(b: &mut Bench, n: u32) -> anyhow::Result<()> {
@@ -144,9 +107,9 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         for _ in 0..5 {
             empty.push(b.run(PROG_NOOP, &est, REPEAT)?.0);
             established.push(b.run(PROG_TO_POD, &est, REPEAT)?.0);
-            b.dp.set_flow_cache(false)?;
+            b.dp.dp.set_flow_cache(false)?;
             uncached.push(b.run(PROG_TO_POD, &est, REPEAT)?.0);
-            b.dp.set_flow_cache(true)?;
+            b.dp.dp.set_flow_cache(true)?;
         }
         for v in [&mut empty, &mut established, &mut uncached] {
             v.sort_by(f64::total_cmp);

@@ -8,26 +8,7 @@ use netpol_agent::{
 
 };
 
-/// splitmix64: a small, seeded, reproducible generator (quality is irrelevant here).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+pub use netpol_testkit::rng::Rng;
 
 /// The address of the i-th synthetic pod, in 198.19.0.0/16 (65 536 addresses), apart from the
 /// sandbox nodes' 198.18.k.0/24 subnets so that no two pods ever share an address.
@@ -48,7 +29,7 @@ pub fn cluster_yaml(seed: u64, pods: u32, namespaces: u32, nodes: u32, policies:
         out.push_str(&format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{team: t{}, env: {}}}}}\n", n % 7, if n % 3 == 0 { "prod" } else { "dev" }));
     }
     for i in 0..pods {
-        let app = APPS[(rng.below(APPS.len() as u64)) as usize];
+        let app = APPS[rng.below(APPS.len())];
         out.push_str(&format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: ns{}, labels: {{app: {app}, tier: t{}}}}}\nspec: {{nodeName: n{}, containers: [{{name: c, ports: [{{name: http, containerPort: {}}}]}}]}}\nstatus: {{podIP: {}}}\n",
             i % namespaces,
@@ -60,8 +41,8 @@ pub fn cluster_yaml(seed: u64, pods: u32, namespaces: u32, nodes: u32, policies:
     }
     for p in 0..policies {
         let ns = p % namespaces;
-        let app = APPS[(rng.below(APPS.len() as u64)) as usize];
-        let peer_app = APPS[(rng.below(APPS.len() as u64)) as usize];
+        let app = APPS[rng.below(APPS.len())];
+        let peer_app = APPS[rng.below(APPS.len())];
         let spec = if p < namespaces {
             "  podSelector: {}\n  policyTypes: [Ingress]\n".to_string()
         } else {

@@ -1,15 +1,16 @@
 //! Tests of `graph`: edges exactly where `explain` (held to the compiled maps) allows, grouping,
 //! and output that is well-formed Mermaid and XML.
 
-use super::*;
-use crate::{
-    tools::explain::{
-        explain,
-        tests::{load, random_state, three_tier, THREE_TIER},
-        Endpoint, PortQuery,
-    },
+use netpol_agent::{
     model::ObjectRef,
-
+    tools::{
+        explain::{explain, Endpoint, PortQuery},
+        graph::*,
+    },
+};
+use netpol_testkit::{
+    random::random_state,
+    scenarios::{load, three_tier, THREE_TIER},
 };
 
 /// (source, destination, label) of every edge, by node name.

@@ -1,41 +1,19 @@
-//! Verdict events: the agent's side of the data path's ring buffer (`netpol_common::MAP_EVENTS`).
-//! The [`EventHub`] drains the ring buffer, names the pods and the policy rule of each event
-//! ([`Names`], refreshed after every sync), and fans the [`VerdictRecord`]s out to subscribers
-//! (`GET /events` on the health address, which `netpol-agent observe` reads). A slow subscriber
-//! loses events (and is told how many); it never holds up the ring buffer, which never holds up
-//! a packet.
+//! A verdict of the data path with names: the pods at either end, the policy rule that allowed a
+//! new flow, the reason in words. One [`VerdictRecord`] is one line of `observe`.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, RwLock,
-    },
 };
 
-use anyhow::Context as _;
-use aya::maps::{Array, Map, MapData, RingBuf};
-use netpol_common::{
-    DatapathConfig, IpKey, Reason, VerdictEvent, CONFIG_EVENTS_ALLOWED, DIR_INGRESS, MAP_CONFIG, MAP_EVENTS, VERDICT_ALLOWED,
-    VERDICT_AUDIT,
-};
+use netpol_common::{IpKey, Reason, VerdictEvent, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, VERDICT_ALLOWED, VERDICT_AUDIT};
 use serde::{Deserialize, Serialize};
-use tokio::{io::unix::AsyncFd, sync::broadcast};
-use tracing::{debug, warn};
 
 use crate::{
-    compile::{Desired, RuleRef}, model::Direction,
-    model::{ClusterState, ObjectRef},
-
+    compile::{Desired, RuleRef},
+    model::{ClusterState, Direction, ObjectRef},
 };
-
-/// The default `--event-rate`: events per endpoint, per second and CPU.
-pub const DEFAULT_RATE: u32 = 100;
-/// Records a subscriber may fall behind by before it loses some.
-const SUBSCRIBER_BACKLOG: usize = 4096;
 
 /// `verdict` of a [`VerdictRecord`]: the packet passed.
 pub const ALLOWED: &str = "allowed";
@@ -100,13 +78,13 @@ pub struct VerdictRecord {
 
 impl VerdictRecord {
     /// Whether `namespace` is the namespace of either end.
-    fn touches_namespace(&self, namespace: &str) -> bool {
+    pub(super) fn touches_namespace(&self, namespace: &str) -> bool {
         [&self.source, &self.destination].iter().any(|e| e.namespace.as_deref() == Some(namespace))
             || self.pod.split_once('/').is_some_and(|(ns, _)| ns == namespace)
     }
 
     /// Whether `pod` (`namespace/name`, or a bare name in any namespace) is either end.
-    fn touches_pod(&self, pod: &str) -> bool {
+    pub(super) fn touches_pod(&self, pod: &str) -> bool {
         let is = |name: &str| if pod.contains('/') { name == pod } else { name.split_once('/').is_some_and(|(_, n)| n == pod) };
         is(&self.pod) || [&self.source, &self.destination].iter().any(|e| e.pod.as_deref().is_some_and(is))
     }
@@ -143,91 +121,6 @@ impl fmt::Display for VerdictRecord {
         }
         Ok(())
     }
-}
-
-/// Which records a subscriber wants.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventFilter {
-    /// Only flows with an end in this namespace.
-    pub namespace: Option<String>,
-    /// Only flows with this pod at one end (`namespace/name`, or a name in any namespace).
-    pub pod: Option<String>,
-    /// Only these verdicts (`allowed`, `dropped`, `audit`).
-    pub verdicts: BTreeSet<String>,
-}
-
-impl Default for EventFilter {
-    /// Drops and audit "would drop"s: what the data path reports unless asked for more.
-    fn default() -> Self {
-        Self { namespace: None, pod: None, verdicts: [DROPPED, AUDIT].iter().map(ToString::to_string).collect() }
-    }
-}
-
-impl EventFilter {
-    /// Whether the record passes the filter.
-    pub fn matches(&self, r: &VerdictRecord) -> bool {
-        self.verdicts.contains(&r.verdict)
-            && self.namespace.as_deref().is_none_or(|ns| r.touches_namespace(ns))
-            && self.pod.as_deref().is_none_or(|p| r.touches_pod(p))
-    }
-
-    /// Whether the subscriber wants allowed flows, which the data path reports only on request.
-    pub fn wants_allowed(&self) -> bool {
-        self.verdicts.contains(ALLOWED)
-    }
-
-    /// The filter as a URL query (`namespace=..&pod=..&verdict=a,b`).
-    pub fn to_query(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(ns) = &self.namespace {
-            parts.push(format!("namespace={ns}"));
-        }
-        if let Some(pod) = &self.pod {
-            parts.push(format!("pod={pod}"));
-        }
-        parts.push(format!("verdict={}", self.verdicts.iter().cloned().collect::<Vec<_>>().join(",")));
-        parts.join("&")
-    }
-
-    /// Parses [`Self::to_query`]'s form; `verdict=all` means every verdict. Missing keys keep
-    /// the default.
-    pub fn from_query(query: &str) -> anyhow::Result<Self> {
-        let mut filter = Self::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '/' | ',' | '_')) {
-                anyhow::bail!("{key}: {value:?} is not a namespace, pod or verdict name");
-            }
-            match key {
-                "namespace" if !value.is_empty() => filter.namespace = Some(value.to_string()),
-                "pod" if !value.is_empty() => filter.pod = Some(value.to_string()),
-                "verdict" => filter.verdicts = parse_verdicts(value)?,
-                _ => anyhow::bail!("unknown filter {key:?} (namespace, pod, verdict)"),
-            }
-        }
-        Ok(filter)
-    }
-}
-
-/// Parses a comma-separated verdict list (`all` for every verdict).
-pub fn parse_verdicts(list: &str) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    for v in list.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-        match v {
-            "all" => out.extend(VERDICTS.iter().map(ToString::to_string)),
-            "would-drop" | "would_drop" => {
-                out.insert(AUDIT.to_string());
-            }
-            v if VERDICTS.contains(&v) => {
-                out.insert(v.to_string());
-            }
-            v => anyhow::bail!("unknown verdict {v:?} (allowed, dropped, audit, all)"),
-        }
-    }
-    if out.is_empty() {
-        anyhow::bail!("no verdict given (allowed, dropped, audit, all)");
-    }
-    Ok(out)
 }
 
 /// What the agent knows to name an event's pods and rule: refreshed after every sync.
@@ -271,7 +164,7 @@ impl Names {
             time,
             node: node.to_string(),
             pod: self.endpoints.get(&ev.endpoint).map_or_else(|| format!("endpoint {}", ev.endpoint), ToString::to_string),
-            direction: if ev.direction == DIR_INGRESS { "ingress" } else { "egress" }.to_string(),
+            direction: Direction::from_number(ev.direction).to_string(),
             verdict: match ev.verdict {
                 VERDICT_ALLOWED => ALLOWED,
                 VERDICT_AUDIT => AUDIT,
@@ -284,7 +177,7 @@ impl Names {
             source: self.end(src_ip, src_port),
             destination: self.end(dst_ip, dst_port),
             policy: rule.map(|r| r.policy.to_string()),
-            rule: rule.map(|r| format!("{}[{}]", if r.direction == Direction::Ingress { "ingress" } else { "egress" }, r.index)),
+            rule: rule.map(RuleRef::rule),
             suppressed: ev.suppressed,
         }
     }
@@ -292,7 +185,7 @@ impl Names {
 
 /// Whether the protocol's events carry ports (or ICMP echo identifiers).
 fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, 6 | 17 | 132 | 1 | 58)
+    matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_ICMP | IPPROTO_ICMPV6)
 }
 
 /// The address of a data-path key.
@@ -308,11 +201,11 @@ fn ip_of(k: &IpKey, ipv6: bool) -> IpAddr {
 fn protocol_name(protocol: u8, ipv6: bool, parsed: bool) -> String {
     match protocol {
         _ if !parsed => "unparsed".to_string(),
-        6 => "TCP".to_string(),
-        17 => "UDP".to_string(),
-        132 => "SCTP".to_string(),
-        1 => "ICMP".to_string(),
-        58 => "ICMPv6".to_string(),
+        IPPROTO_TCP => "TCP".to_string(),
+        IPPROTO_UDP => "UDP".to_string(),
+        IPPROTO_SCTP => "SCTP".to_string(),
+        IPPROTO_ICMP => "ICMP".to_string(),
+        IPPROTO_ICMPV6 => "ICMPv6".to_string(),
         0 if !ipv6 => "IPv4/0".to_string(),
         n => format!("IP/{n}"),
     }
@@ -343,163 +236,11 @@ pub fn explanation(reason: Reason) -> &'static str {
     }
 }
 
-/// Decodes one ring buffer entry.
-pub fn decode(bytes: &[u8]) -> Option<VerdictEvent> {
-    if bytes.len() < std::mem::size_of::<VerdictEvent>() {
-        return None;
-    }
-    // SAFETY: the length was checked; VerdictEvent is plain integers (any bit pattern is valid)
-    // and read_unaligned makes no alignment assumption.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<VerdictEvent>()) })
-}
-
-/// How the data path reports verdicts.
-#[derive(Clone, Copy, Debug)]
-pub struct EventSettings {
-    /// Events per endpoint, second and CPU; 0 turns events off.
-    pub rate: u32,
-    /// Report allowed new flows even when no subscriber asks for them.
-    pub always_allowed: bool,
-}
-
-/// Fans verdict events out to subscribers; see the module documentation.
-pub struct EventHub {
-    node: String,
-    settings: EventSettings,
-    tx: broadcast::Sender<Arc<VerdictRecord>>,
-    names: RwLock<Names>,
-    config: Mutex<Array<MapData, DatapathConfig>>,
-    allowed_subscribers: AtomicUsize,
-    wall_offset_ns: i128,
-}
-
-impl fmt::Debug for EventHub {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventHub").field("node", &self.node).field("settings", &self.settings).finish()
-    }
-}
-
-/// A subscriber's place: its records, and its share in asking the data path for allowed flows.
-pub struct Subscription {
-    /// The records, as they come (a lagging receiver learns how many it lost).
-    pub records: broadcast::Receiver<Arc<VerdictRecord>>,
-    /// What the subscriber asked for.
-    pub filter: EventFilter,
-    hub: Arc<EventHub>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if self.filter.wants_allowed() && self.hub.allowed_subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.hub.write_config();
-        }
-    }
-}
-
-impl EventHub {
-    /// Opens the pinned event maps under `pin_path` (the data path must be loaded) and writes
-    /// the settings. Returns the hub and the ring buffer for [`EventHub::run`].
-    pub fn open(pin_path: &Path, node: &str, settings: EventSettings) -> anyhow::Result<(Arc<Self>, RingBuf<MapData>)> {
-        let open = |name: &str| MapData::from_pin(pin_path.join(name)).with_context(|| format!("open pinned map {name}"));
-        let config = Array::try_from(Map::Array(open(MAP_CONFIG)?)).context("NETPOL_CONFIG is not an array")?;
-        let ring = RingBuf::try_from(Map::RingBuf(open(MAP_EVENTS)?)).context("NETPOL_EVENTS is not a ring buffer")?;
-        let (tx, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
-        let hub = Arc::new(Self {
-            node: node.to_string(),
-            settings,
-            tx,
-            names: RwLock::new(Names::default()),
-            config: Mutex::new(config),
-            allowed_subscribers: AtomicUsize::new(0),
-            wall_offset_ns: wall_offset_ns(),
-        });
-        hub.write_config();
-        Ok((hub, ring))
-    }
-
-    /// Replaces the names events are resolved with.
-    pub fn set_names(&self, names: Names) {
-        *self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner) = names;
-    }
-
-    /// Subscribes; while a subscription wants allowed flows, the data path reports them.
-    pub fn subscribe(self: &Arc<Self>, filter: EventFilter) -> Subscription {
-        let records = self.tx.subscribe();
-        if filter.wants_allowed() && self.allowed_subscribers.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.write_config();
-        }
-        Subscription { records, filter, hub: self.clone() }
-    }
-
-    /// Subscribers connected now.
-    pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
-    }
-
-    /// The data path's settings now.
-    fn config(&self) -> DatapathConfig {
-        let allowed = self.settings.always_allowed || self.allowed_subscribers.load(Ordering::SeqCst) > 0;
-        DatapathConfig { flags: if allowed { CONFIG_EVENTS_ALLOWED } else { 0 }, events_per_second: self.settings.rate }
-    }
-
-    fn write_config(&self) {
-        let cfg = self.config();
-        let mut map = self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = map.set(0, cfg, 0) {
-            warn!(error = %e, "could not write the event settings");
-        }
-    }
-
-    /// Drains the ring buffer as it fills, until the task is dropped.
-    pub async fn run(self: Arc<Self>, ring: RingBuf<MapData>) {
-        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until it is
-        // dropped, which only the AsyncFd does.
-        let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
-            Ok(fd) => fd,
-            Err(e) => return warn!(error = %e, "cannot wait on the event ring buffer; no verdict events"),
-        };
-        loop {
-            let mut guard = match fd.readable_mut().await {
-                Ok(g) => g,
-                Err(e) => return warn!(error = %e, "event ring buffer failed; no more verdict events"),
-            };
-            let ring = guard.get_inner_mut();
-            let mut batch = Vec::new();
-            while let Some(item) = ring.next() {
-                if let Some(ev) = decode(&item) {
-                    batch.push(ev);
-                }
-            }
-            guard.clear_ready();
-            if batch.is_empty() {
-                continue;
-            }
-            let names = self.names.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for ev in &batch {
-                let record = names.record(ev, &self.node, self.wall_offset_ns);
-                debug!(pod = %record.pod, verdict = %record.verdict, reason = %record.reason, "verdict event");
-                // No subscriber: the record is simply not kept.
-                let _ = self.tx.send(Arc::new(record));
-            }
-        }
-    }
-}
-
-/// Unix time minus CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads), in nanoseconds.
-fn wall_offset_ns() -> i128 {
-    let read = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: ts is a valid timespec to write; the clocks exist on every Linux.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-    };
-    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use netpol_common::{DIR_EGRESS, VERDICT_DROPPED};
+    use netpol_common::{DIR_EGRESS, VERDICT_AUDIT, VERDICT_DROPPED};
+
+    use super::{super::decode, super::filter::EventFilter, *};
 
     fn names() -> Names {
         let a = ObjectRef::new("shop", "frontend");
@@ -580,7 +321,7 @@ mod tests {
         assert!(EventFilter::from_query("pod=a b").is_err());
     }
 
-    #[test]
+#[test]
     fn ring_buffer_entries_decode_whole() {
         let ev = event(VERDICT_AUDIT, Reason::DropNoRule, 0);
         // SAFETY: VerdictEvent is 64 plain bytes.

@@ -1,8 +1,11 @@
 //! Tests of `lint`: the clean three-tier example has no findings, and each kind of finding
 //! fires on a small change to it.
 
-use super::*;
-use crate::tools::explain::tests::{load, THREE_TIER};
+use netpol_agent::{
+    model::ObjectRef,
+    tools::lint::{lint, namespace_missing, namespace_missing_in_dir, Extra, Finding},
+};
+use netpol_testkit::scenarios::{load, THREE_TIER};
 
 /// The three-tier example with `extra` documents added and the policies `drop` (`ns/name`)
 /// removed, linted with the loader's problems.
