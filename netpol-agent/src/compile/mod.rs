@@ -100,6 +100,10 @@ pub struct Desired {
     pub cidrs: BTreeMap<CidrKey, u32>,
     /// The policy maps, as the kernel holds them.
     pub policy: PolicyMaps,
+    /// How many policy entries were compiled (one per endpoint, peer identity, direction and
+    /// protocol, port or port-range prefix) before they took the kernel's three shapes: the
+    /// `policy` figure of `netpol_map_entries` and of the benchmarks.
+    pub policy_entries: usize,
     /// Rule ids (from 1) to the rules that have entries in this state. A rule keeps its id
     /// while it has entries; the id of a rule that has none any more is handed out again
     /// (lowest first), so ids stay few and dense (the data path counts hits per id, and the
@@ -182,6 +186,7 @@ impl Compiler {
         }
         self.rule_ids.retain(&used_rules);
         out.policy = PolicyMaps::from_entries(&entries);
+        out.policy_entries = entries.len();
         out
     }
 

@@ -136,7 +136,7 @@ impl Syncer {
             attached,
             problems: loaded.problems.clone(),
             errors: stats.errors,
-            entries: MapEntries { policy: desired.policy.len(), ipcache: desired.ipcache.len(), cidrs: desired.cidrs.len(), endpoints: interfaces.len() },
+            entries: MapEntries { policy: desired.policy_entries, ipcache: desired.ipcache.len(), cidrs: desired.cidrs.len(), endpoints: interfaces.len() },
             packets: pod_packets(datapath, &interfaces),
             events: pod_events(datapath, &interfaces),
             policy_hits: policy_hits(datapath, &desired.rules),

@@ -122,19 +122,22 @@ pub fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! { strict_booleans: true }
 }
 
-/// The objects of one manifest file, in order: each YAML (or JSON) document, or the items of a
-/// `*List` document, with the number (from 1) of the document it is in. Reading stops at a
-/// document that is not YAML (a YAML stream cannot be resynchronised after a syntax error):
-/// then the last element is that document's number and the error.
-pub fn objects(text: &str) -> Vec<Result<(usize, serde_json::Value), (usize, serde_saphyr::Error)>> {
-    let mut out = Vec::new();
+/// One object of a manifest file as [`each_object`] yields it: the number (from 1) of the YAML
+/// (or JSON) document it is in and its value, or the number of a document that is not YAML.
+pub type ObjectItem = Result<(usize, serde_json::Value), (usize, serde_saphyr::Error)>;
+
+/// Calls `visit` with each object of one manifest file, in order: each YAML (or JSON) document,
+/// or the items of a `*List` document. One document is held at a time, so a file of ten
+/// thousand pods costs one pod's tree, not ten thousand. Reading stops at a document that is not
+/// YAML (a YAML stream cannot be resynchronised after a syntax error), after visiting its error.
+pub fn each_object(text: &str, mut visit: impl FnMut(ObjectItem)) {
     let mut reader = std::io::Cursor::new(text.as_bytes());
     for (i, doc) in serde_saphyr::read_with_options::<_, serde_json::Value>(&mut reader, yaml_options()).enumerate() {
         let number = i + 1;
-        let value = match doc {
+        let mut value = match doc {
             Ok(v) => v,
             Err(e) => {
-                out.push(Err((number, e)));
+                visit(Err((number, e)));
                 break;
             }
         };
@@ -143,26 +146,30 @@ pub fn objects(text: &str) -> Vec<Result<(usize, serde_json::Value), (usize, ser
         }
         match value.get("kind").and_then(serde_json::Value::as_str) {
             Some(k) if k.ends_with("List") => {
-                let items = value.get("items").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
-                out.extend(items.into_iter().map(|item| Ok((number, item))));
+                let items = match value.get_mut("items").map(serde_json::Value::take) {
+                    Some(serde_json::Value::Array(items)) => items,
+                    _ => Vec::new(),
+                };
+                for item in items {
+                    visit(Ok((number, item)));
+                }
             }
-            _ => out.push(Ok((number, value))),
+            _ => visit(Ok((number, value))),
         }
     }
-    out
 }
 
 /// Parses the YAML documents of one file into `loaded`.
 pub fn load_documents(text: &str, file: &str, loaded: &mut Loaded, seen: &mut std::collections::BTreeSet<(String, String, String)>) {
     use crate::model::Problem;
-    for object in objects(text) {
+    each_object(text, |object| {
         match object {
             Ok((number, item)) => add_object(item, &format!("{file} (document {number})"), loaded, seen),
             Err((number, e)) => {
                 loaded.problems.push(Problem { object: format!("{file} (document {number})"), reason: format!("malformed YAML: {e}") });
             }
         }
-    }
+    });
 }
 
 fn add_object(value: serde_json::Value, at: &str, loaded: &mut Loaded, seen: &mut std::collections::BTreeSet<(String, String, String)>) {

@@ -73,16 +73,16 @@ pub fn namespace_missing_in_dir(dir: &Path) -> std::io::Result<Vec<(ObjectRef, S
 /// The NetworkPolicies of one file (several documents, `List`s) without `metadata.namespace`,
 /// as the loader names them (`default/name`), with the file.
 pub fn namespace_missing(text: &str, file: &str) -> Vec<(ObjectRef, String)> {
-    // The loader reports malformed YAML; like it, stop at the first error.
-    let items = crate::source::manifests::objects(text).into_iter().map_while(Result::ok);
+    // The loader reports malformed YAML and reads no further; errors are its to report.
     let mut out = Vec::new();
-    for (_, item) in items {
+    crate::source::manifests::each_object(text, |object| {
+        let Ok((_, item)) = object else { return };
         let meta = item.get("metadata");
         if item.get("kind").and_then(|k| k.as_str()) == Some("NetworkPolicy") && meta.and_then(|m| m.get("namespace")).is_none() {
             let name = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?");
             out.push((ObjectRef::new(DEFAULT_NAMESPACE, name), file.to_string()));
         }
-    }
+    });
     out
 }
 

@@ -71,5 +71,5 @@ pub fn state(yaml: &str) -> ClusterState {
 
 /// Counts of map entries by map.
 pub fn entry_counts(d: &netpol_agent::compile::Desired) -> BTreeMap<&'static str, usize> {
-    BTreeMap::from([("policy", d.policy.len()), ("ipcache", d.ipcache.len()), ("cidrs", d.cidrs.len()), ("endpoints", d.endpoints.len())])
+    BTreeMap::from([("policy", d.policy_entries), ("kernel_policy", d.policy.len()), ("ipcache", d.ipcache.len()), ("cidrs", d.cidrs.len()), ("endpoints", d.endpoints.len())])
 }
